@@ -1,0 +1,234 @@
+"""One reconcile pass, and the executor of a Plan.
+
+`Reconciler.run_pass()` is *the* pass: read the whole desired state, the whole live
+state and the ledger, plan, execute. The CLI's `apply` and the daemon both call it; the
+daemon only decides when. `execute()` runs a Plan's changes one call at a time, in the
+plan's order (unloads, replaces, loads), journals each intent before its call and each
+outcome after, and keeps going past a failed action: one bad plugin never holds the
+others back. A failure of the node as a whole (unreachable, authentication, no plugin
+manager) ends the pass, leaving the intent of the call in flight in the journal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from reconciler.auth import token_source
+from reconciler.desired import Desired, DesiredPlugin, DirectoryReader, Problem
+from reconciler.errors import StalePlanError
+from reconciler.ledger import Entry, Ledger, LedgerStore
+from reconciler.node import AlreadyLoaded, NodeClient, NodeError, NotLoaded, Rejected
+from reconciler.plan import Action, Change, Plan, Policy, fingerprint, plan
+from reconciler.settings import Settings
+
+
+@dataclass(frozen=True)
+class Outcome:
+    change: Change
+    ok: bool
+    message: str
+    name: str | None = None  # the name the plugin has now (for a load: the node's answer)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    plan: Plan
+    outcomes: tuple[Outcome, ...] = ()
+    fingerprint: str = ""
+    live: tuple[str, ...] = ()
+
+    @property
+    def failures(self) -> tuple[Outcome, ...]:
+        return tuple(o for o in self.outcomes if not o.ok)
+
+    @property
+    def changed(self) -> bool:
+        return any(o.ok for o in self.outcomes)
+
+    @property
+    def converged(self) -> bool:
+        return not self.failures and not self.plan.invalid and self.plan.blocked is None
+
+
+@dataclass
+class Snapshot:
+    """The three inputs of a plan, read together."""
+
+    desired: Desired
+    live: list[str]
+    ledger: Ledger
+
+
+class Reconciler:
+    """The I/O edges (files, node, ledger) around the pure planner."""
+
+    def __init__(self, settings: Settings, policy: Policy = Policy(),
+                 reader: DirectoryReader | None = None, client: NodeClient | None = None,
+                 live_override: list[str] | None = None) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.reader = reader or DirectoryReader()
+        self.store = LedgerStore(settings.state)
+        self.live_override = live_override
+        self._client = client
+
+    @property
+    def client(self) -> NodeClient:
+        if self._client is None:
+            s = self.settings
+            self._client = NodeClient(s.node_url, s.network,
+                                      token_source(s.jwt_token_file, s.jwt_secret_file),
+                                      api=s.api, max_rps=s.max_rps, timeout=s.timeout)
+        return self._client
+
+    def snapshot(self) -> Snapshot:
+        ledger = self.store.load()
+        desired = self.reader.read(self.settings.config_dir)
+        live = list(self.live_override) if self.live_override is not None else self.client.list()
+        return Snapshot(desired, live, ledger)
+
+    def plan(self) -> tuple[Plan, str]:
+        """A dry run: the plan and the fingerprint of what it was made from."""
+        snap = self.snapshot()
+        return (plan(snap.desired, snap.live, snap.ledger, self.policy),
+                fingerprint(snap.desired, snap.live, snap.ledger))
+
+    def run_pass(self, expect_fingerprint: str | None = None,
+                 on_wait: Callable[[], None] | None = None,
+                 on_outcome: Callable[[Outcome], None] | None = None) -> PassResult:
+        with self.store.lock(on_wait):
+            snap = self.snapshot()
+            the_plan = plan(snap.desired, snap.live, snap.ledger, self.policy)
+            mark = fingerprint(snap.desired, snap.live, snap.ledger)
+            if expect_fingerprint is not None and expect_fingerprint != mark:
+                raise StalePlanError("stale plan: the node's plugins, the config files or the "
+                                     "ledger changed since the plan was saved; make a new plan")
+            if the_plan.blocked is not None:
+                return PassResult(the_plan, (), mark, tuple(snap.live))
+            try:
+                outcomes = execute(the_plan, self.client, self.store, snap.ledger,
+                                   self.reader, self.settings.node_path, on_outcome)
+            finally:
+                self.store.compact()
+                self.store.close()
+            return PassResult(the_plan, outcomes, mark, tuple(snap.live))
+
+
+def execute(the_plan: Plan, client: NodeClient, store: LedgerStore, ledger: Ledger,
+            reader: DirectoryReader, node_path: Callable[[str], str],
+            on_outcome: Callable[[Outcome], None] | None = None) -> tuple[Outcome, ...]:
+    run = _Run(client, store, ledger, reader, node_path)
+    outcomes = []
+    for change in the_plan.changes:
+        outcome = run.do(change)
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return tuple(outcomes)
+
+
+class _Run:
+    def __init__(self, client: NodeClient, store: LedgerStore, ledger: Ledger,
+                 reader: DirectoryReader, node_path: Callable[[str], str]) -> None:
+        self.client, self.store, self.ledger = client, store, ledger
+        self.reader, self.node_path = reader, node_path
+        self.interrupted = {i.config_file for i in ledger.pending if i.action == "load"}
+
+    def do(self, change: Change) -> Outcome:
+        action = change.action
+        if action is Action.ADOPT:
+            self.store.record_put(_entry(change.desired, change.name))
+            return Outcome(change, True, "adopted: now managed", change.name)
+        if action is Action.FORGET:
+            if change.intent_seq is not None:
+                self.store.settle(change.intent_seq)
+            else:
+                self.store.record_remove(change.name)
+            return Outcome(change, True, "forgotten", change.name)
+        if action is Action.UNLOAD:
+            return self._unload(change, change.name)
+        if action is Action.REPLACE:
+            return self._replace(change)
+        return self._load(change, change.desired)
+
+    def _unload(self, change: Change, name: str) -> Outcome:
+        config = change.entry.config_file if change.entry else None
+        seq = self.store.record_intent("unload", name, config)
+        try:
+            self.client.unload(name)
+        except NotLoaded:
+            if name in self.client.list():
+                return Outcome(change, False, f"the node says {name!r} is not loaded, yet lists "
+                               "it", name)
+            self.store.record_remove(name, seq)
+            return Outcome(change, True, "unloaded (it was already gone)")
+        except (Rejected, AlreadyLoaded) as exc:
+            return Outcome(change, False, f"unload failed: {exc}", name)
+        self.store.record_remove(name, seq)
+        return Outcome(change, True, "unloaded")
+
+    def _replace(self, change: Change) -> Outcome:
+        fresh = self.reader.reread(change.config_file)
+        if isinstance(fresh, Problem) or fresh != change.desired:
+            why = fresh.message if isinstance(fresh, Problem) else "it changed"
+            return Outcome(change, False, f"not replaced: {why} since the plan was made; "
+                           "the plugin keeps running and the next pass looks again", change.name)
+        unloaded = self._unload(change, change.entry.name)
+        if not unloaded.ok:
+            return Outcome(change, False, f"not replaced: {unloaded.message}", change.name)
+        loaded = self._load(change, fresh)
+        if not loaded.ok:
+            return Outcome(change, False, f"unloaded, but the new config failed to load: "
+                           f"{loaded.message}", change.name)
+        return Outcome(change, True, f"replaced ({change.reason})", loaded.name)
+
+    def _load(self, change: Change, plugin: DesiredPlugin) -> Outcome:
+        seq = self.store.record_intent("load", plugin.name, plugin.config_file,
+                                       plugin.config_sha256, plugin.library_sha256,
+                                       plugin.libpath)
+        try:
+            name = self.client.load(self.node_path(plugin.config_file))
+        except AlreadyLoaded as exc:
+            return self._already_loaded(change, plugin, seq, exc)
+        except (Rejected, NotLoaded) as exc:
+            self._abandon(plugin, seq)
+            return Outcome(change, False, f"load failed: {exc}", plugin.name)
+        except NodeError:
+            raise  # the node as a whole: the intent stays, the next pass resolves it
+        self.store.record_put(_entry(plugin, name), seq)
+        return Outcome(change, True, f"loaded as {name}", name)
+
+    def _already_loaded(self, change: Change, plugin: DesiredPlugin, seq: int,
+                        exc: AlreadyLoaded) -> Outcome:
+        """422: maybe already so. Re-list and confirm before calling it managed."""
+        live = set(self.client.list())
+        if plugin.name is not None and plugin.name in live and exc.name == plugin.name:
+            self.store.record_put(_entry(plugin, plugin.name), seq)
+            return Outcome(change, True, "already loaded: now managed", plugin.name)
+        if (plugin.name is None and exc.name in live
+                and plugin.config_file in self.interrupted):
+            # Our own load, interrupted before we could record its name.
+            self.store.record_put(_entry(plugin, exc.name), seq)
+            return Outcome(change, True, f"already loaded as {exc.name} (an interrupted "
+                           "load): now managed", exc.name)
+        self._abandon(plugin, seq)
+        other = f"plugin {exc.name!r}" if exc.name else "another plugin"
+        return Outcome(change, False, f"load refused: {other} already holds this name or "
+                       f"library ({exc})", plugin.name)
+
+    def _abandon(self, plugin: DesiredPlugin, seq: int) -> None:
+        if plugin.name is None:
+            self.store.settle(seq)
+            return
+        previous = self.ledger.entries.get(plugin.name)
+        if previous is not None and previous.config_file == plugin.config_file:
+            self.store.record_put(previous, seq)
+        else:
+            self.store.record_remove(plugin.name, seq)
+
+
+def _entry(plugin: DesiredPlugin, name: str) -> Entry:
+    return Entry(name, plugin.config_file, plugin.config_sha256, plugin.library_sha256,
+                 plugin.libpath, time.time())

@@ -1,0 +1,460 @@
+"""The `slipstream-reconciler` command line.
+
+Commands parse options into Settings and a Policy, call the one pass (or the planner),
+hand the values to render, and map results to exit codes. Exit codes are an interface
+(docs/cli.md): scripts and CI depend on them, so they are spelled out here as constants.
+Every error is one line on stderr; a traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import signal
+import sys
+import threading
+import traceback
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reconciler import __version__
+from reconciler.errors import ReconcilerError, SettingsError
+from reconciler.settings import DEFAULT_CONFIG_DIR, DEFAULT_NODE_URL, Settings
+
+OK, ERROR, CHANGES, NOT_CONVERGED = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="slipstream-reconciler",
+    help="Declarative control of snarkOS Slipstream plugins: a directory of JSON5 configs is "
+         "the truth, and the node is converged to it.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+_debug = {"on": False}
+log = logging.getLogger("slipstream-reconciler")
+
+
+class Output(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class Api(StrEnum):
+    auto = "auto"
+    v2 = "v2"
+    v1 = "v1"
+
+
+class PruneOpt(StrEnum):
+    managed = "managed"
+    all = "all"
+    none = "none"
+
+
+# -- shared options -------------------------------------------------------------------
+ConfigDir = Annotated[Path, typer.Option(
+    "--config-dir", envvar="SLIPSTREAM_CONFIG_DIR", help="Directory of plugin JSON5 configs.")]
+NodeUrl = Annotated[str, typer.Option(
+    "--node-url", envvar="SLIPSTREAM_NODE_URL", help="The node's REST address.")]
+Network = Annotated[str, typer.Option(
+    "--network", envvar="SLIPSTREAM_NETWORK", help="mainnet, testnet or canary.")]
+ApiOpt = Annotated[Api, typer.Option(
+    "--api", envvar="SLIPSTREAM_API",
+    help="API prefix: v2 (real status codes), v1 (plain prefix, errors as text) or auto.")]
+TokenFile = Annotated[Path | None, typer.Option(
+    "--jwt-token-file", envvar="SLIPSTREAM_JWT_TOKEN_FILE",
+    help="The node's jwt_secret_<address>.txt (holds a token; re-read after a 401). "
+         "A token may also come from $SLIPSTREAM_JWT_TOKEN, never from the command line.")]
+SecretFile = Annotated[Path | None, typer.Option(
+    "--jwt-secret-file", envvar="SLIPSTREAM_JWT_SECRET_FILE",
+    help="File holding the node's base64 --jwt-secret; tokens are minted from it.")]
+StateDir = Annotated[Path | None, typer.Option(
+    "--state-dir", envvar="SLIPSTREAM_STATE_DIR", show_default=False,
+    help="Where the ledger lives. Default: /var/lib/slipstream-reconciler as root, else "
+         "$XDG_STATE_HOME/slipstream-reconciler.")]
+NodeConfigDir = Annotated[Path | None, typer.Option(
+    "--node-config-dir", envvar="SLIPSTREAM_NODE_CONFIG_DIR", show_default=False,
+    help="The config directory's path as the node sees it (e.g. in a container). "
+         "Default: same as --config-dir.")]
+MaxRps = Annotated[float, typer.Option(
+    "--max-rps", envvar="SLIPSTREAM_MAX_RPS",
+    help="Requests per second to stay under (the node's --rest-rps); 0 turns pacing off.")]
+Timeout = Annotated[float, typer.Option(
+    "--timeout", envvar="SLIPSTREAM_TIMEOUT", help="Seconds to wait for each node answer.")]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text or json.")]
+PruneArg = Annotated[PruneOpt, typer.Option(
+    "--prune", envvar="SLIPSTREAM_PRUNE",
+    help="What may be unloaded: managed (only what this tool loaded), all (also unmanaged "
+         "plugins), none.")]
+AllowEmpty = Annotated[bool, typer.Option(
+    "--allow-empty", help="Let an existing, empty config directory unload every managed "
+                          "plugin.")]
+MaxUnloads = Annotated[int | None, typer.Option(
+    "--max-unloads", envvar="SLIPSTREAM_MAX_UNLOADS", show_default=False,
+    help="Refuse a pass that would unload more than this many plugins.")]
+DetailedExit = Annotated[bool, typer.Option(
+    "--detailed-exitcode", help="Exit 2 when there are (or were) changes, 0 when none.")]
+
+
+def _settings(config_dir: Path, node_url: str = DEFAULT_NODE_URL, network: str = "mainnet",
+              api: Api = Api.auto, jwt_token_file: Path | None = None,
+              jwt_secret_file: Path | None = None, state_dir: Path | None = None,
+              node_config_dir: Path | None = None, max_rps: float = 10.0,
+              timeout: float = 10.0) -> Settings:
+    return Settings(config_dir=config_dir, node_url=node_url, network=network, api=api.value,
+                    jwt_token_file=jwt_token_file, jwt_secret_file=jwt_secret_file,
+                    state_dir=state_dir, node_config_dir=node_config_dir, max_rps=max_rps,
+                    timeout=timeout)
+
+
+def _policy(prune: PruneOpt, allow_empty: bool, max_unloads: int | None):
+    from reconciler.plan import Policy, Prune
+
+    if max_unloads is not None and max_unloads < 0:
+        raise SettingsError("--max-unloads must be 0 or more")
+    return Policy(Prune(prune.value), allow_empty, max_unloads)
+
+
+def guarded(command):
+    """Operator-readable errors instead of tracebacks, with a stable exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except ReconcilerError as exc:
+            if _debug["on"]:
+                traceback.print_exc()
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(ERROR) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if _debug["on"]:
+                traceback.print_exc()
+            typer.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the "
+                       "traceback, and please report it)", err=True)
+            raise typer.Exit(ERROR) from None
+
+    return wrapper
+
+
+def _emit(value: dict) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def _version(show: bool) -> None:
+    if show:
+        typer.echo(f"slipstream-reconciler {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    _debug["on"] = debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+
+
+# -- validate ---------------------------------------------------------------------------
+@app.command()
+@guarded
+def validate(config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR),
+             output: OutputOpt = Output.text) -> None:
+    """Check every config file offline: JSON5, libpath, library, names.
+
+    Example: slipstream-reconciler validate --config-dir /etc/slipstream/plugins.d
+    Exit 0 when all are valid, 1 otherwise.
+    """
+    from reconciler import render
+    from reconciler.desired import DirectoryReader
+
+    desired = DirectoryReader().read(config_dir)
+    if output is Output.json:
+        _emit(render.validate_json(desired))
+    else:
+        typer.echo(render.validate_text(desired))
+    raise typer.Exit(ERROR if desired.invalid else OK)
+
+
+# -- plan -------------------------------------------------------------------------------
+@app.command()
+@guarded
+def plan(
+    config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR), node_url: NodeUrl = DEFAULT_NODE_URL,
+    network: Network = "mainnet", api: ApiOpt = Api.auto, jwt_token_file: TokenFile = None,
+    jwt_secret_file: SecretFile = None, state_dir: StateDir = None,
+    node_config_dir: NodeConfigDir = None, max_rps: MaxRps = 10.0, timeout: Timeout = 10.0,
+    prune: PruneArg = PruneOpt.managed, allow_empty: AllowEmpty = False,
+    max_unloads: MaxUnloads = None, output: OutputOpt = Output.text,
+    detailed_exitcode: DetailedExit = False,
+    live_from: Annotated[Path | None, typer.Option(
+        "--live-from", help="Plan against a saved JSON array of live plugin names instead of "
+                            "asking the node (CI without credentials).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Save the plan for `apply --plan FILE`.")] = None,
+) -> None:
+    """Show what apply would change, without changing anything.
+
+    Example: slipstream-reconciler plan --detailed-exitcode
+    Exit 1 on any error (invalid files included; the plan is still printed), else 0,
+    or with --detailed-exitcode 0 for no changes and 2 for changes.
+    """
+    from reconciler import render
+    from reconciler.apply import Reconciler
+
+    settings = _settings(config_dir, node_url, network, api, jwt_token_file, jwt_secret_file,
+                         state_dir, node_config_dir, max_rps, timeout)
+    policy = _policy(prune, allow_empty, max_unloads)
+    live = _read_live(live_from) if live_from is not None else None
+    reconciler = Reconciler(settings, policy, live_override=live)
+    the_plan, mark = reconciler.plan()
+    shown = settings.shown_url if live is None else f"(live state from {live_from})"
+    if output is Output.json:
+        _emit(render.plan_json(the_plan, shown, settings.network))
+    else:
+        typer.echo(render.plan_text(the_plan, str(config_dir.absolute()), shown,
+                                    settings.network))
+    if out is not None:
+        _save_plan(out, render.plan_json(the_plan, shown, settings.network), mark, settings,
+                   policy)
+    if the_plan.invalid or the_plan.blocked:
+        raise typer.Exit(ERROR)
+    raise typer.Exit(CHANGES if detailed_exitcode and the_plan.has_changes else OK)
+
+
+def _read_live(path: Path) -> list[str]:
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"--live-from {path}: {exc}") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SettingsError(f"--live-from {path} must hold a JSON array of plugin names, as "
+                            "GET /slipstream/plugins returns it")
+    return names
+
+
+def _save_plan(path: Path, body: dict, mark: str, settings: Settings, policy) -> None:
+    from reconciler.ledger import atomic_write
+
+    saved = {**body, "fingerprint": mark, "config_dir": str(settings.config_dir.absolute()),
+             "policy": {"prune": policy.prune.value, "allow_empty": policy.allow_empty,
+                        "max_unloads": policy.max_unloads}}
+    try:
+        atomic_write(path, json.dumps(saved, indent=2).encode() + b"\n")
+    except OSError as exc:
+        raise SettingsError(f"cannot write the plan to {path}: {exc.strerror}") from None
+
+
+def _load_saved_plan(path: Path) -> dict:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("format_version") != 1 or "fingerprint" not in saved:
+            raise ValueError("not a plan saved by `plan --out`")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise SettingsError(f"--plan {path}: {exc}") from None
+    return saved
+
+
+# -- apply ------------------------------------------------------------------------------
+@app.command()
+@guarded
+def apply(
+    config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR), node_url: NodeUrl = DEFAULT_NODE_URL,
+    network: Network = "mainnet", api: ApiOpt = Api.auto, jwt_token_file: TokenFile = None,
+    jwt_secret_file: SecretFile = None, state_dir: StateDir = None,
+    node_config_dir: NodeConfigDir = None, max_rps: MaxRps = 10.0, timeout: Timeout = 10.0,
+    prune: PruneArg = PruneOpt.managed, allow_empty: AllowEmpty = False,
+    max_unloads: MaxUnloads = None, output: OutputOpt = Output.text,
+    detailed_exitcode: DetailedExit = False,
+    plan_file: Annotated[Path | None, typer.Option(
+        "--plan", help="Apply a plan saved by `plan --out`; refused if anything changed "
+                       "since.")] = None,
+) -> None:
+    """Converge the node to the config directory: unloads, then replaces, then loads.
+
+    Example: slipstream-reconciler apply --jwt-token-file /var/lib/aleo/jwt_secret_aleo1….txt
+    Exit 0 converged (2 with changes made, under --detailed-exitcode); 3 the pass ran but
+    did not converge (a failed action or an invalid file); 1 the pass could not run.
+    """
+    from reconciler import render
+    from reconciler.apply import Reconciler
+
+    expect = None
+    if plan_file is not None:
+        saved = _load_saved_plan(plan_file)
+        expect = saved["fingerprint"]
+        config_dir = Path(saved["config_dir"])
+        policy_saved = saved.get("policy", {})
+        prune = PruneOpt(policy_saved.get("prune", prune.value))
+        allow_empty = bool(policy_saved.get("allow_empty", allow_empty))
+        max_unloads = policy_saved.get("max_unloads", max_unloads)
+    settings = _settings(config_dir, node_url, network, api, jwt_token_file, jwt_secret_file,
+                         state_dir, node_config_dir, max_rps, timeout)
+    reconciler = Reconciler(settings, _policy(prune, allow_empty, max_unloads))
+    directory = str(config_dir.absolute())
+    text = output is Output.text
+
+    def waiting() -> None:
+        typer.echo("waiting for the pass in flight (the daemon or another apply) to finish…",
+                   err=True)
+
+    def progress(outcome) -> None:
+        if text:
+            typer.echo(render.outcome_line(outcome, directory))
+
+    result = reconciler.run_pass(expect, on_wait=waiting, on_outcome=progress)
+    if output is Output.json:
+        _emit(render.apply_json(result, settings.shown_url, settings.network))
+    else:
+        if result.plan.invalid or result.plan.blocked or not result.outcomes:
+            typer.echo(render.plan_text(result.plan, directory, settings.shown_url,
+                                        settings.network))
+        for failure in result.failures:
+            typer.echo(f"error: {failure.change.label}: {failure.message}", err=True)
+        if not result.plan.blocked:
+            typer.echo(render.apply_summary(result))
+    if result.plan.blocked:
+        typer.echo(f"error: {result.plan.blocked}", err=True)
+        raise typer.Exit(ERROR)
+    if not result.converged:
+        raise typer.Exit(NOT_CONVERGED)
+    raise typer.Exit(CHANGES if detailed_exitcode and result.changed else OK)
+
+
+# -- status -----------------------------------------------------------------------------
+@app.command()
+@guarded
+def status(
+    config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR), node_url: NodeUrl = DEFAULT_NODE_URL,
+    network: Network = "mainnet", api: ApiOpt = Api.auto, jwt_token_file: TokenFile = None,
+    jwt_secret_file: SecretFile = None, state_dir: StateDir = None,
+    node_config_dir: NodeConfigDir = None, max_rps: MaxRps = 10.0, timeout: Timeout = 10.0,
+    prune: PruneArg = PruneOpt.managed, output: OutputOpt = Output.text,
+) -> None:
+    """Where each plugin stands: in-sync, pending-*, unmanaged or invalid.
+
+    Example: slipstream-reconciler status -o json
+    Exit 0 in sync, 2 out of sync, 1 error.
+    """
+    from reconciler import render
+    from reconciler.apply import Reconciler
+    from reconciler.plan import in_sync, statuses
+
+    settings = _settings(config_dir, node_url, network, api, jwt_token_file, jwt_secret_file,
+                         state_dir, node_config_dir, max_rps, timeout)
+    reconciler = Reconciler(settings, _policy(prune, False, None))
+    the_plan, _ = reconciler.plan()
+    rows = statuses(the_plan)
+    prefix = reconciler.client.prefix
+    meta = {"node": settings.shown_url, "network": settings.network, "api_prefix": prefix,
+            "config_dir": str(config_dir.absolute()), "in_sync": in_sync(rows)}
+    if output is Output.json:
+        _emit(render.status_json(rows, meta))
+    else:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(render.status_counts(rows).items()))
+        footer = (f"node {settings.shown_url} · network {settings.network} · api {prefix} · "
+                  f"{counts or 'no plugins'}")
+        typer.echo(render.status_text(rows, str(config_dir.absolute()), footer))
+    raise typer.Exit(OK if in_sync(rows) else CHANGES)
+
+
+# -- node: the reference node -----------------------------------------------------------
+@app.command()
+@guarded
+def node(
+    rest: Annotated[str, typer.Option("--rest", help="HOST:PORT to serve on.")]
+    = "127.0.0.1:3030",
+    network: Annotated[str, typer.Option("--network")] = "mainnet",
+    jwt_secret: Annotated[str | None, typer.Option(
+        "--jwt-secret", help="Base64 of exactly 16 bytes (as snarkOS). Default: random.")] = None,
+    jwt_timestamp: Annotated[int | None, typer.Option(
+        "--jwt-timestamp", help="Fix the token's iat.")] = None,
+    nojwt: Annotated[bool, typer.Option("--nojwt", help="Turn authentication off.")] = False,
+    slipstream_config: Annotated[list[Path] | None, typer.Option(
+        "--slipstream-config", help="A start-up plugin config (repeatable). Without any, the "
+                                    "node has no plugin manager and answers 503.")] = None,
+    rest_rps: Annotated[int, typer.Option(
+        "--rest-rps", help="Requests per second per client IP (0: unlimited, a refnode "
+                           "extension).")] = 10,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="Where jwt_secret_<address>.txt is written.")] = None,
+    fault_latency_ms: Annotated[float, typer.Option("--fault-latency-ms")] = 0.0,
+    fault_error_rate: Annotated[float, typer.Option("--fault-error-rate")] = 0.0,
+    fault_drop_rate: Annotated[float, typer.Option("--fault-drop-rate")] = 0.0,
+    fault_seed: Annotated[int | None, typer.Option("--fault-seed")] = None,
+) -> None:
+    """Run the bundled reference node: snarkOS's Slipstream REST API, for demos and tests.
+
+    Example: slipstream-reconciler node --rest 127.0.0.1:3030 --data-dir /tmp/node
+      --slipstream-config configs/examples/metrics.json5
+    SIGUSR1 restarts it (run-time plugins are forgotten, as on a real restart).
+    """
+    from reconciler.refnode import Faults, NodeOptions, RefNode, StartupError, decode_secret
+
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise SettingsError(f"--rest must be HOST:PORT, not {rest!r}")
+    try:
+        options = NodeOptions(
+            host=host.strip("[]"), port=int(port), network=network,
+            jwt_secret=decode_secret(jwt_secret) if jwt_secret else None,
+            jwt_timestamp=jwt_timestamp, nojwt=nojwt,
+            slipstream_configs=[str(p) for p in slipstream_config or []], rest_rps=rest_rps,
+            data_dir=data_dir,
+            faults=Faults(fault_latency_ms, fault_error_rate, fault_drop_rate, fault_seed))
+        refnode = RefNode(options).start()
+    except (StartupError, OSError) as exc:
+        raise SettingsError(f"the reference node could not start: {exc}") from None
+    stop = threading.Event()
+    restart = threading.Event()
+
+    def on_restart(*_):
+        restart.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, on_restart)
+    _announce(refnode)
+    while True:
+        stop.wait()
+        if not restart.is_set():
+            break
+        restart.clear()
+        stop.clear()
+        refnode.restart()
+        _announce(refnode)
+    refnode.stop()
+
+
+def _announce(refnode) -> None:
+    manager = "no plugin manager" if refnode.manager is None else \
+        f"{len(refnode.manager.names())} start-up plugin(s)"
+    typer.echo(f"reference node listening on {refnode.url} ({refnode.options.network}, "
+               f"{manager})", err=True)
+    if not refnode.options.nojwt:
+        # snarkOS prints this line; so does its stand-in. The reconciler never prints tokens.
+        typer.echo(f"Your one-time JWT token is {refnode.token}", err=True)
+    sys.stderr.flush()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""The desired state: what the config directory asks the node to run.
+
+Reading is offline and never trusts a file: every problem becomes a Problem naming the
+file (and line and column where there is one), and a file with a problem is *invalid*,
+which protects its plugin instead of unloading it. A file that vanishes between the
+listing and the read is invalid too, for one pass: an editor's delete-then-recreate save
+must not unload anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import json5
+
+from reconciler.errors import ConfigDirError
+
+MAX_CONFIG_BYTES = 1 << 20
+CONFIG_SUFFIXES = (".json5", ".json")
+_JSON5_ERROR = re.compile(r"^<string>:(\d+) (.*) at column (\d+)$")
+
+
+@dataclass(frozen=True)
+class DesiredPlugin:
+    config_file: str  # absolute path as the reconciler sees it
+    name: str | None  # None: the library names it, known only after load
+    libpath: str  # resolved against the config file's folder
+    config_sha256: str
+    library_sha256: str
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name is not None else "(known after apply)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Desired:
+    directory: str
+    plugins: tuple[DesiredPlugin, ...]
+    invalid: tuple[Problem, ...]
+    warnings: tuple[Problem, ...] = ()
+
+    @property
+    def invalid_files(self) -> frozenset[str]:
+        return frozenset(p.file for p in self.invalid)
+
+    @property
+    def file_count(self) -> int:
+        return len(self.plugins) + len(self.invalid_files)
+
+
+def is_config_name(name: str) -> bool:
+    """Top-level *.json5 / *.json, minus hidden files and editor or sync leftovers."""
+    if name.startswith((".", "#")) or name.endswith(("~", ".swp", ".tmp")):
+        return False
+    return name.endswith(CONFIG_SUFFIXES)
+
+
+class _Invalid(Exception):
+    def __init__(self, message: str, line: int | None = None, column: int | None = None):
+        super().__init__(message)
+        self.problem = (message, line, column)
+
+
+class DirectoryReader:
+    """Reads a config directory into a Desired value.
+
+    It keeps two caches across passes (the daemon holds one reader): parsed configs by the
+    sha256 of their bytes, and library hashes by the library's stat identity, so that a
+    pass costs a read and a hash per small config file and one stat per library.
+    """
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, object] = {}
+        self._libraries: dict[str, tuple[tuple[int, ...], str]] = {}
+
+    def read(self, directory: Path | str) -> Desired:
+        directory = os.path.abspath(directory)
+        try:
+            names = sorted(entry for entry in os.listdir(directory) if is_config_name(entry))
+        except FileNotFoundError:
+            raise ConfigDirError(f"config directory {directory} does not exist") from None
+        except NotADirectoryError:
+            raise ConfigDirError(f"config directory {directory} is not a directory") from None
+        except PermissionError:
+            raise ConfigDirError(f"config directory {directory} is not readable "
+                                 "(permission denied)") from None
+        plugins: list[DesiredPlugin] = []
+        problems: list[Problem] = []
+        warnings: list[Problem] = []
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                plugin = self._read_one(path)
+            except _Invalid as bad:
+                problems.append(Problem(path, *bad.problem))
+                continue
+            if plugin.name is None:
+                warnings.append(Problem(path, "no `name`: the plugin's name is known only "
+                                        "after it is loaded; set `name` to make plans exact"))
+            plugins.append(plugin)
+        plugins, duplicates = _without_duplicates(plugins)
+        return Desired(directory, tuple(plugins), tuple(problems + duplicates), tuple(warnings))
+
+    def reread(self, path: str) -> DesiredPlugin | Problem:
+        """One file again, just before a change that depends on it (a replace)."""
+        try:
+            return self._read_one(path)
+        except _Invalid as bad:
+            return Problem(path, *bad.problem)
+
+    def _read_one(self, path: str) -> DesiredPlugin:
+        raw = _read_config_bytes(path)
+        digest = hashlib.sha256(raw).hexdigest()
+        config = self._parsed.get(digest)
+        if config is None:
+            config = _parse(raw)
+            if len(self._parsed) > 4096:
+                self._parsed.clear()
+            self._parsed[digest] = config
+        if not isinstance(config, dict):
+            raise _Invalid(f"the config must be an object, not {_json_type(config)}")
+        libpath = config.get("libpath")
+        if not isinstance(libpath, str) or not libpath:
+            raise _Invalid("`libpath` is required and must be a non-empty string "
+                           "(the path of the plugin library)")
+        name = config.get("name")
+        if name is not None and (not isinstance(name, str) or not name or
+                                 any(unicodedata.category(ch) == "Cc" for ch in name)):
+            raise _Invalid("`name` must be a non-empty string without control characters")
+        resolved = os.path.normpath(os.path.join(os.path.dirname(path), libpath))
+        return DesiredPlugin(path, name, resolved, digest, self.library_sha256(resolved, libpath))
+
+    def library_sha256(self, resolved: str, as_written: str) -> str:
+        try:
+            st = os.stat(resolved)
+        except FileNotFoundError:
+            raise _Invalid(f"plugin library {as_written!r} not found (resolved to {resolved})")\
+                from None
+        except OSError as exc:
+            raise _Invalid(f"plugin library {resolved}: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise _Invalid(f"plugin library {resolved} is not a regular file")
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        cached = self._libraries.get(resolved)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            digest = _hash_file(resolved)
+        except OSError as exc:
+            raise _Invalid(f"plugin library {resolved} is not readable: {exc.strerror}") from None
+        self._libraries[resolved] = (key, digest)
+        return digest
+
+
+def _read_config_bytes(path: str) -> bytes:
+    try:
+        st = os.stat(path)  # follows symlinks, as ConfigMap volumes need
+    except FileNotFoundError:
+        raise _Invalid("the file vanished while it was being read (or is a dangling "
+                       "symlink); it is left as it is until it is back") from None
+    except OSError as exc:
+        raise _Invalid(f"cannot read: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _Invalid("not a regular file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise _Invalid(f"the file is {st.st_size} bytes; a config may be at most "
+                       f"{MAX_CONFIG_BYTES} bytes")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise _Invalid("the file vanished while it was being read; it is left as it is "
+                       "until it is back") from None
+    except OSError as exc:
+        raise _Invalid(f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise _Invalid(f"the file grew past {MAX_CONFIG_BYTES} bytes while it was read")
+    return raw
+
+
+def _parse(raw: bytes) -> object:
+    """Plain JSON takes the C parser; anything else goes to json5, the reference."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise _Invalid(f"not UTF-8 (byte 0x{raw[exc.start]:02x})", line, column) from None
+    if not text.strip():
+        raise _Invalid("the file is empty (a save in progress?)")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return json5.loads(text)
+    except RecursionError:
+        raise _Invalid("nested too deeply to be a plugin config") from None
+    except ValueError as exc:
+        match = _JSON5_ERROR.match(str(exc))
+        if match:
+            raise _Invalid(f"invalid JSON5: {match.group(2)}", int(match.group(1)),
+                           int(match.group(3))) from None
+        raise _Invalid(f"invalid JSON5: {exc}") from None
+
+
+def _hash_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return "a number"
+
+
+def _without_duplicates(
+    plugins: list[DesiredPlugin],
+) -> tuple[list[DesiredPlugin], list[Problem]]:
+    """Two files that claim one name or one library can't both be loaded; which one the
+    operator meant is not ours to guess, so both are invalid."""
+    names = Counter(p.name for p in plugins if p.name is not None)
+    libraries = Counter(p.libpath for p in plugins)
+    keep: list[DesiredPlugin] = []
+    problems: list[Problem] = []
+    for plugin in plugins:
+        if names[plugin.name] > 1 or libraries[plugin.libpath] > 1:
+            others = [o.config_file for o in plugins if o is not plugin and (
+                (plugin.name is not None and o.name == plugin.name)
+                or o.libpath == plugin.libpath)]
+            what = (f"name {plugin.name!r}" if names[plugin.name] > 1
+                    else f"library {plugin.libpath}")
+            problems.append(Problem(plugin.config_file, f"{what} is also claimed by "
+                                    f"{', '.join(others)}; neither file is applied"))
+        else:
+            keep.append(plugin)
+    return keep, problems

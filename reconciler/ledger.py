@@ -1,0 +1,312 @@
+"""The ledger: what this reconciler applied, so that it unloads only what it loaded.
+
+On disk it is a snapshot (`ledger.json`, rewritten atomically once per pass) and an
+append-only journal (`ledger.journal`, one JSON line per event). The intent of every node
+call is journalled, and fsync'd, *before* the call: if the process dies between the call
+and its record, replaying the intent still makes the plugin managed, so nothing is left
+that nobody manages. A journal costs one append per action, where rewriting the whole
+file after each of N loads would cost O(N^2).
+
+The journal opens with the generation of the snapshot it extends; after a compaction
+the snapshot's generation moves on, so a crash between the snapshot's rename and the
+journal's truncation replays nothing twice.
+
+A corrupt ledger is an error that names its path; it is never silently reset, since a
+reset would turn every managed plugin into an unmanaged one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from reconciler.errors import LedgerError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str  # as the node returned it
+    config_file: str
+    config_sha256: str
+    library_sha256: str
+    libpath: str
+    applied_at: float
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A node call that was about to be made. Unnamed loads that never completed stay
+    pending: their plugin's name is unknown until the node tells us (a 422 on the next
+    load of the same config names it)."""
+
+    seq: int
+    action: str  # "load" | "unload"
+    name: str | None
+    config_file: str | None
+    config_sha256: str | None = None
+    library_sha256: str | None = None
+    libpath: str | None = None
+    at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Ledger:
+    entries: MappingProxyType  # name -> Entry, read-only
+    pending: tuple[Intent, ...] = ()
+
+    @classmethod
+    def of(cls, entries: list[Entry] | tuple[Entry, ...] = (),
+           pending: tuple[Intent, ...] = ()) -> Ledger:
+        return cls(MappingProxyType({e.name: e for e in entries}), tuple(pending))
+
+    def by_config(self) -> dict[str, Entry]:
+        return {e.config_file: e for e in self.entries.values()}
+
+
+class LedgerStore:
+    """The ledger's files under the state directory, and the lock that serialises passes."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self.snapshot_path = self.state_dir / "ledger.json"
+        self.journal_path = self.state_dir / "ledger.journal"
+        self._entries: dict[str, Entry] = {}
+        self._pending: dict[int, Intent] = {}
+        self._generation = 0
+        self._seq = 0
+        self._journal_fd: int | None = None
+
+    # -- reading ---------------------------------------------------------------
+    def load(self) -> Ledger:
+        self._entries, self._pending, self._generation = {}, {}, 0
+        snapshot = self._read_snapshot()
+        if snapshot is not None:
+            self._generation = snapshot["generation"]
+            for raw in snapshot["entries"]:
+                entry = _entry(raw, self.snapshot_path)
+                self._entries[entry.name] = entry
+            for raw in snapshot.get("pending", []):
+                intent = _intent(raw, self.snapshot_path)
+                self._pending[intent.seq] = intent
+        self._replay_journal()
+        self._seq = max([0, *self._pending]) + 1
+        return self.current()
+
+    def current(self) -> Ledger:
+        return Ledger.of(list(self._entries.values()), tuple(self._pending.values()))
+
+    def _read_snapshot(self) -> dict | None:
+        try:
+            text = self.snapshot_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LedgerError(f"cannot read the ledger {self.snapshot_path}: {exc}") from None
+        try:
+            data = json.loads(text)
+            if data.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"unknown format_version {data.get('format_version')!r}")
+            if not isinstance(data.get("generation"), int) or not isinstance(
+                    data.get("entries"), list):
+                raise ValueError("missing generation or entries")
+        except (ValueError, AttributeError) as exc:
+            raise LedgerError(_corrupt(self.snapshot_path, str(exc))) from None
+        return data
+
+    def _replay_journal(self) -> None:
+        try:
+            raw = self.journal_path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise LedgerError(f"cannot read the ledger journal {self.journal_path}: "
+                              f"{exc.strerror}") from None
+        lines = raw.split(b"\n")
+        if lines and lines[-1]:
+            lines.pop()  # a torn last write from a crash: the call it announced never ran
+        events = []
+        for number, line in enumerate(lines, 1):
+            if not line:
+                continue
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                raise LedgerError(_corrupt(self.journal_path, f"line {number} is not JSON"))\
+                    from None
+        if not events or events[0].get("op") != "begin":
+            return
+        if events[0].get("generation") != self._generation:
+            return  # written before the snapshot we read: already folded in
+        for event in events[1:]:
+            self._apply_event(event)
+
+    def _apply_event(self, event: dict[str, Any]) -> None:
+        op = event.get("op")
+        seq = event.get("seq")
+        try:
+            if op == "intent":
+                intent = _intent(event, self.journal_path)
+                self._pending[intent.seq] = intent
+                if intent.action == "load" and intent.name is not None:
+                    # Outcome unknown: manage it; the next pass confirms or forgets it.
+                    self._entries[intent.name] = Entry(
+                        intent.name, intent.config_file or "", intent.config_sha256 or "",
+                        intent.library_sha256 or "", intent.libpath or "", intent.at)
+                    self._pending.pop(intent.seq)
+                elif intent.action == "unload":
+                    self._pending.pop(intent.seq)  # the entry stays until confirmed gone
+            elif op == "put":
+                entry = _entry(event["entry"], self.journal_path)
+                self._entries[entry.name] = entry
+                self._pending.pop(seq, None)
+            elif op == "remove":
+                self._entries.pop(event["name"], None)
+                self._pending.pop(seq, None)
+            elif op == "settle":
+                self._pending.pop(seq, None)
+        except (KeyError, TypeError) as exc:
+            raise LedgerError(_corrupt(self.journal_path, f"bad {op} event: {exc}")) from None
+
+    # -- writing (under lock()) --------------------------------------------------
+    def record_intent(self, action: str, name: str | None, config_file: str | None,
+                      config_sha256: str | None = None, library_sha256: str | None = None,
+                      libpath: str | None = None) -> int:
+        seq, self._seq = self._seq, self._seq + 1
+        intent = Intent(seq, action, name, config_file, config_sha256, library_sha256,
+                        libpath, time.time())
+        event = {"op": "intent", **asdict(intent)}
+        self._append(event, durable=True)
+        self._apply_event(event)
+        return seq
+
+    def record_put(self, entry: Entry, seq: int | None = None) -> None:
+        self._write({"op": "put", "seq": seq, "entry": asdict(entry)})
+
+    def record_remove(self, name: str, seq: int | None = None) -> None:
+        self._write({"op": "remove", "seq": seq, "name": name})
+
+    def settle(self, seq: int) -> None:
+        """The call announced by intent `seq` is known not to have changed anything."""
+        self._write({"op": "settle", "seq": seq})
+
+    def _write(self, event: dict) -> None:
+        # Not fsync'd: the intent before it already is, and replaying an intent errs on
+        # the side of managing the plugin. compact() makes everything durable.
+        self._append(event, durable=False)
+        self._apply_event(event)
+
+    def _append(self, event: dict, durable: bool) -> None:
+        if self._journal_fd is None:
+            self._open_journal()
+        line = json.dumps(event, separators=(",", ":")).encode() + b"\n"
+        os.write(self._journal_fd, line)
+        if durable:
+            os.fsync(self._journal_fd)
+
+    def _open_journal(self) -> None:
+        self._ensure_dir()
+        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        if os.fstat(fd).st_size == 0:
+            begin = {"op": "begin", "generation": self._generation}
+            os.write(fd, json.dumps(begin).encode() + b"\n")
+        self._journal_fd = fd
+
+    def compact(self) -> None:
+        """Folds the journal into a new snapshot: temp file, fsync, rename, fsync dir."""
+        self._ensure_dir()
+        self._generation += 1
+        data = {
+            "format_version": FORMAT_VERSION,
+            "generation": self._generation,
+            "entries": [asdict(e) for e in sorted(self._entries.values(), key=lambda e: e.name)],
+            "pending": [asdict(i) for i in self._pending.values()],
+        }
+        _atomic_write(self.snapshot_path, json.dumps(data, indent=1).encode() + b"\n")
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self.journal_path, 0)
+
+    def close(self) -> None:
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+
+    @contextlib.contextmanager
+    def lock(self, on_wait=None) -> Iterator[None]:
+        """One pass at a time, across processes: `apply` waits for the daemon's pass."""
+        self._ensure_dir()
+        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _ensure_dir(self) -> None:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise LedgerError(f"cannot create the state directory {self.state_dir}: "
+                              f"{exc.strerror}; set --state-dir") from None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Other state files (daemon.json, config copies) use the same durable write."""
+    _atomic_write(path, data)
+
+
+def _entry(raw: dict, where: Path) -> Entry:
+    try:
+        return Entry(**{k: raw[k] for k in Entry.__dataclass_fields__})
+    except (KeyError, TypeError) as exc:
+        raise LedgerError(_corrupt(where, f"an entry lacks {exc}")) from None
+
+
+def _intent(raw: dict, where: Path) -> Intent:
+    try:
+        return Intent(**{k: raw.get(k) for k in Intent.__dataclass_fields__
+                         if k in raw or k in ("seq", "action", "name", "config_file")})
+    except TypeError as exc:
+        raise LedgerError(_corrupt(where, f"an intent is malformed: {exc}")) from None
+
+
+def _corrupt(path: Path, reason: str) -> str:
+    return (f"the ledger {path} is corrupt ({reason}). It was not reset: resetting would "
+            "forget which plugins this reconciler manages. Inspect or move it aside; "
+            "without it, plugins named by files are adopted and the rest become unmanaged")

@@ -1,0 +1,229 @@
+"""The planner: a pure function from (desired, live, ledger, policy) to a Plan.
+
+Every rule about what to load, replace, unload, adopt or forget lives here and nowhere
+else; apply() only executes a Plan and the daemon only decides when to make one. Same
+inputs, same plan: that is what makes saved plans, dry runs and property tests possible.
+
+The rules that keep plugins safe:
+- only what the ledger says we applied is ever unloaded (unless --prune all);
+- a plugin whose config file is invalid stays exactly as it is, whatever the ledger says;
+- a pass that would unload everything because the directory looks empty, or more than
+  --max-unloads, is blocked as a whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from reconciler.desired import Desired, DesiredPlugin, Problem
+from reconciler.ledger import Entry, Ledger
+
+
+class Action(StrEnum):
+    LOAD = "load"
+    REPLACE = "replace"  # unload, then load: the node cannot reload in place
+    UNLOAD = "unload"
+    ADOPT = "adopt"  # record a live plugin a file declares; no node call
+    FORGET = "forget"  # drop a ledger entry for a plugin neither desired nor live
+    NOOP = "no-op"
+
+
+class Prune(StrEnum):
+    MANAGED = "managed"
+    ALL = "all"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class Policy:
+    prune: Prune = Prune.MANAGED
+    allow_empty: bool = False
+    max_unloads: int | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    action: Action
+    name: str | None  # None: known after apply
+    config_file: str | None
+    reason: str
+    desired: DesiredPlugin | None = field(default=None, compare=False, repr=False)
+    entry: Entry | None = field(default=None, compare=False, repr=False)
+    intent_seq: int | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name is not None else "(known after apply)"
+
+
+@dataclass(frozen=True)
+class Plan:
+    changes: tuple[Change, ...]  # in execution order
+    in_sync: tuple[Change, ...] = ()
+    held: tuple[Change, ...] = ()  # what policy keeps from running (reported only)
+    protected: tuple[Change, ...] = ()  # managed plugins whose file is invalid
+    unmanaged: tuple[str, ...] = ()
+    invalid: tuple[Problem, ...] = ()
+    warnings: tuple[Problem, ...] = ()
+    blocked: str | None = None
+
+    def count(self, action: Action) -> int:
+        return sum(1 for c in self.changes if c.action is action)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+
+ORDER = (Action.FORGET, Action.ADOPT, Action.UNLOAD, Action.REPLACE, Action.LOAD)
+
+
+def plan(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger,
+         policy: Policy = Policy()) -> Plan:
+    live_set = set(live)
+    declared = {p.name for p in desired.plugins if p.name is not None}
+    by_config = ledger.by_config()
+    claimed: set[str] = set()
+    changes: list[Change] = []
+    in_sync: list[Change] = []
+
+    for plugin in desired.plugins:
+        entry = ledger.entries.get(plugin.name) if plugin.name is not None else None
+        if plugin.name is None:
+            entry = by_config.get(plugin.config_file)
+            if entry is not None and entry.name in declared:
+                entry = None  # that name now belongs to another file's declaration
+        if entry is not None:
+            claimed.add(entry.name)
+        change = _for_desired(plugin, entry, live_set)
+        (in_sync if change.action is Action.NOOP else changes).append(change)
+
+    held: list[Change] = []
+    protected: list[Change] = []
+    invalid_files = desired.invalid_files
+    for entry in ledger.entries.values():
+        if entry.name in claimed:
+            continue
+        if entry.config_file in invalid_files:
+            protected.append(Change(Action.NOOP, entry.name, entry.config_file,
+                                    "config file is invalid: left as it is", entry=entry))
+        elif entry.name in live_set:
+            unload = Change(Action.UNLOAD, entry.name, entry.config_file,
+                            f"{_short(entry.config_file)} no longer declares it", entry=entry)
+            (held if policy.prune is Prune.NONE else changes).append(unload)
+        else:
+            changes.append(Change(Action.FORGET, entry.name, entry.config_file,
+                                  "neither declared nor loaded", entry=entry))
+
+    desired_files = {p.config_file for p in desired.plugins} | invalid_files
+    warnings = list(desired.warnings)
+    for intent in ledger.pending:
+        if intent.config_file not in desired_files:
+            changes.append(Change(Action.FORGET, None, intent.config_file,
+                                  "an interrupted load of a file since removed; if it loaded, "
+                                  "it is listed as unmanaged", intent_seq=intent.seq))
+
+    managed = set(ledger.entries) | declared
+    unmanaged = sorted(n for n in live_set - managed if n not in claimed)
+    if policy.prune is Prune.ALL:
+        for name in unmanaged:
+            unload = Change(Action.UNLOAD, name, None, "unmanaged (--prune all)")
+            if invalid_files:
+                held.append(Change(Action.UNLOAD, name, None,
+                                   "unmanaged, held: an invalid file may declare it"))
+            else:
+                changes.append(unload)
+
+    changes.sort(key=lambda c: (ORDER.index(c.action), c.name or "\uffff", c.config_file or ""))
+    blocked = _brakes(desired, changes, policy, len(ledger.entries))
+    return Plan(tuple(changes), tuple(in_sync), tuple(held), tuple(protected),
+                tuple(unmanaged), desired.invalid, tuple(warnings), blocked)
+
+
+def _for_desired(plugin: DesiredPlugin, entry: Entry | None, live: set[str]) -> Change:
+    name = plugin.name if plugin.name is not None else (entry.name if entry else None)
+
+    def change(action: Action, reason: str) -> Change:
+        shown = name if action is not Action.LOAD or plugin.name is not None else None
+        return Change(action, shown, plugin.config_file, reason, desired=plugin, entry=entry)
+
+    if entry is None:
+        if plugin.name is not None and plugin.name in live:
+            return change(Action.ADOPT, "loaded on the node, declared here, not yet managed")
+        return change(Action.LOAD, "new")
+    if entry.name not in live:
+        return change(Action.LOAD, "missing from the node (restarted, or unloaded by hand)")
+    if entry.config_sha256 != plugin.config_sha256:
+        return change(Action.REPLACE, "config changed")
+    if entry.library_sha256 != plugin.library_sha256:
+        return change(Action.REPLACE, "library changed")
+    if entry.config_file != plugin.config_file:
+        return change(Action.REPLACE, f"config file moved from {_short(entry.config_file)}")
+    return change(Action.NOOP, "in sync")
+
+
+def _brakes(desired: Desired, changes: list[Change], policy: Policy,
+            managed: int) -> str | None:
+    unloads = sum(1 for c in changes if c.action is Action.UNLOAD)
+    if unloads and desired.file_count == 0 and not policy.allow_empty:
+        return (f"the config directory {desired.directory} holds no config files while "
+                f"{managed} plugin(s) are managed; refusing to unload them all (a failed mount, "
+                "a half-done checkout or a wrong --config-dir?). Pass --allow-empty if an "
+                "empty directory is what you mean")
+    if policy.max_unloads is not None and unloads > policy.max_unloads:
+        return (f"this pass would unload {unloads} plugins, more than --max-unloads "
+                f"{policy.max_unloads}; nothing was changed")
+    return None
+
+
+def _short(path: str | None) -> str:
+    return path.rsplit("/", 1)[-1] if path else "?"
+
+
+def fingerprint(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger) -> str:
+    """What a saved plan was computed from: a plan is stale when this changes."""
+    state = {
+        "live": sorted(live),
+        "desired": sorted((p.config_file, p.config_sha256, p.library_sha256)
+                          for p in desired.plugins),
+        "invalid": sorted(desired.invalid_files),
+        "ledger": sorted((e.name, e.config_file, e.config_sha256, e.library_sha256)
+                         for e in ledger.entries.values()),
+    }
+    return hashlib.sha256(json.dumps(state).encode()).hexdigest()
+
+
+# -- status: where each plugin stands, derived from the plan ---------------------------
+STATE_OF = {
+    Action.LOAD: "pending-load",
+    Action.REPLACE: "pending-replace",
+    Action.UNLOAD: "pending-unload",
+    Action.ADOPT: "pending-adopt",
+}
+
+
+@dataclass(frozen=True)
+class PluginStatus:
+    name: str | None
+    config_file: str | None
+    state: str
+    detail: str
+
+
+def statuses(p: Plan) -> tuple[PluginStatus, ...]:
+    rows = [PluginStatus(c.name, c.config_file, "in-sync", "") for c in p.in_sync]
+    rows += [PluginStatus(c.name, c.config_file, STATE_OF[c.action], c.reason)
+             for c in (*p.changes, *p.held) if c.action in STATE_OF]
+    protected = {c.config_file: c.name for c in p.protected}
+    rows += [PluginStatus(protected.get(problem.file), problem.file, "invalid", str(problem))
+             for problem in p.invalid]
+    rows += [PluginStatus(name, None, "unmanaged", "live on the node, not declared, not managed")
+             for name in p.unmanaged if not any(c.name == name for c in p.changes)]
+    return tuple(sorted(rows, key=lambda r: (r.name or "\uffff", r.config_file or "")))
+
+
+def in_sync(rows: tuple[PluginStatus, ...]) -> bool:
+    return all(r.state in ("in-sync", "unmanaged") for r in rows)

@@ -1,0 +1,195 @@
+"""Views: a Plan, an apply's outcomes and status rows, as text for people and JSON for
+machines. The same values feed both; nothing here decides anything.
+
+Only names, file paths, actions and reasons are ever shown: plugin-specific config values
+(connection strings with passwords) are not part of any value that reaches this module.
+"""
+
+from __future__ import annotations
+
+import os
+
+from reconciler.apply import Outcome, PassResult
+from reconciler.desired import Desired, Problem
+from reconciler.plan import Action, Change, Plan, PluginStatus
+
+FORMAT_VERSION = 1
+SYMBOL = {
+    Action.LOAD: "+",
+    Action.REPLACE: "-/+",
+    Action.UNLOAD: "-",
+    Action.ADOPT: "~",
+    Action.FORGET: ".",
+    Action.NOOP: " ",
+}
+PAST = {
+    Action.LOAD: "loaded",
+    Action.REPLACE: "replaced",
+    Action.UNLOAD: "unloaded",
+    Action.ADOPT: "adopted",
+    Action.FORGET: "forgotten",
+}
+
+
+def shown_path(path: str | None, directory: str | None) -> str:
+    if path is None:
+        return "-"
+    if directory and path.startswith(directory.rstrip("/") + "/"):
+        return os.path.relpath(path, directory)
+    return path
+
+
+def change_line(change: Change, directory: str | None) -> str:
+    return (f"  {SYMBOL[change.action]:>3} {change.action.value:<8} {change.label:<28} "
+            f"{shown_path(change.config_file, directory)}  ({change.reason})")
+
+
+def plan_text(p: Plan, directory: str | None, node: str, network: str) -> str:
+    lines: list[str] = []
+    if p.invalid:
+        lines.append("Invalid config files (their plugins are left exactly as they are):")
+        lines += [f"  ! {problem}" for problem in p.invalid]
+        lines.append("")
+    for warning in p.warnings:
+        lines.append(f"warning: {warning}")
+    if p.warnings:
+        lines.append("")
+    if p.changes:
+        lines.append(f"The reconciler will make these changes on {node} ({network}):")
+        lines += [change_line(c, directory) for c in p.changes]
+        lines.append("")
+    if p.held:
+        lines.append("Held back by policy (not done):")
+        lines += [change_line(c, directory) for c in p.held]
+        lines.append("")
+    if p.unmanaged:
+        lines.append(f"Unmanaged (live, not declared, left alone): {', '.join(p.unmanaged)}")
+        lines.append("")
+    if p.blocked:
+        lines.append(f"Blocked: {p.blocked}")
+    counts = (f"Plan: {p.count(Action.LOAD)} to load, {p.count(Action.REPLACE)} to replace, "
+              f"{p.count(Action.UNLOAD)} to unload.")
+    ledger_only = p.count(Action.ADOPT) + p.count(Action.FORGET)
+    if ledger_only:
+        counts += (f" Ledger: {p.count(Action.ADOPT)} to adopt, "
+                   f"{p.count(Action.FORGET)} to forget.")
+    if not p.changes:
+        counts = "No changes. The node matches the config directory."
+        if p.invalid:
+            counts = "No changes to make, but some config files are invalid (see above)."
+    lines.append(counts)
+    return "\n".join(lines)
+
+
+def problem_json(problem: Problem) -> dict:
+    return {"file": problem.file, "line": problem.line, "column": problem.column,
+            "message": problem.message}
+
+
+def change_json(change: Change) -> dict:
+    return {"action": change.action.value, "name": change.name,
+            "config_file": change.config_file, "reason": change.reason}
+
+
+def plan_json(p: Plan, node: str, network: str) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "node": node,
+        "network": network,
+        "actions": [change_json(c) for c in p.changes],
+        "held": [change_json(c) for c in p.held],
+        "unmanaged": list(p.unmanaged),
+        "invalid": [problem_json(problem) for problem in p.invalid],
+        "warnings": [problem_json(w) for w in p.warnings],
+        "blocked": p.blocked,
+    }
+
+
+def outcome_line(outcome: Outcome, directory: str | None) -> str:
+    change = outcome.change
+    mark = "ok" if outcome.ok else "FAILED"
+    name = outcome.name or change.label
+    return (f"  {SYMBOL[change.action]:>3} {change.action.value:<8} {name:<28} "
+            f"{shown_path(change.config_file, directory)}  {mark}: {outcome.message}")
+
+
+def apply_summary(result: PassResult) -> str:
+    done = {a: 0 for a in PAST}
+    for outcome in result.outcomes:
+        if outcome.ok:
+            done[outcome.change.action] += 1
+    parts = [f"{done[a]} {PAST[a]}" for a in (Action.LOAD, Action.REPLACE, Action.UNLOAD)]
+    parts += [f"{done[a]} {PAST[a]}" for a in (Action.ADOPT, Action.FORGET) if done[a]]
+    text = f"Apply complete: {', '.join(parts)}, {len(result.failures)} failed."
+    if result.plan.invalid:
+        text += f" {len(result.plan.invalid)} invalid config file(s) left as they are."
+    if result.converged:
+        text += " The node matches the config directory."
+    return text
+
+
+def apply_json(result: PassResult, node: str, network: str) -> dict:
+    return {
+        **plan_json(result.plan, node, network),
+        "outcomes": [{**change_json(o.change), "ok": o.ok, "message": o.message,
+                      "loaded_as": o.name if o.change.action in (Action.LOAD, Action.REPLACE)
+                      and o.ok else None} for o in result.outcomes],
+        "converged": result.converged,
+    }
+
+
+def status_text(rows: tuple[PluginStatus, ...], directory: str | None, footer: str) -> str:
+    table = [("NAME", "CONFIG FILE", "STATE", "DETAIL")]
+    table += [(r.name or "(known after apply)", shown_path(r.config_file, directory), r.state,
+               r.detail) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}".rstrip()
+             for a, b, c, d in table]
+    if not rows:
+        lines.append("(no plugins: none declared, none loaded)")
+    lines.append("")
+    lines.append(footer)
+    return "\n".join(lines)
+
+
+def status_counts(rows: tuple[PluginStatus, ...]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    return counts
+
+
+def status_json(rows: tuple[PluginStatus, ...], meta: dict) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        **meta,
+        "plugins": [{"name": r.name, "config_file": r.config_file, "state": r.state,
+                     "detail": r.detail} for r in rows],
+        "counts": status_counts(rows),
+    }
+
+
+def validate_text(desired: Desired) -> str:
+    lines = [f"  ok  {shown_path(p.config_file, desired.directory)}  "
+             f"(name: {p.name if p.name is not None else 'known after load'})"
+             for p in desired.plugins]
+    lines += [f"  !   {problem}" for problem in desired.invalid]
+    lines += [f"warning: {w}" for w in desired.warnings]
+    total = len(desired.plugins) + len(desired.invalid)
+    if desired.invalid:
+        lines.append(f"{len(desired.invalid)} of {total} config file(s) invalid in "
+                     f"{desired.directory}.")
+    else:
+        lines.append(f"All {total} config file(s) in {desired.directory} are valid.")
+    return "\n".join(lines)
+
+
+def validate_json(desired: Desired) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "config_dir": desired.directory,
+        "valid": [{"file": p.config_file, "name": p.name, "libpath": p.libpath}
+                  for p in desired.plugins],
+        "invalid": [problem_json(p) for p in desired.invalid],
+        "warnings": [problem_json(w) for w in desired.warnings],
+    }

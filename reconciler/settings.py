@@ -1,0 +1,76 @@
+"""Settings shared by every command: one frozen value built from options and variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from reconciler.errors import SettingsError
+
+DEFAULT_CONFIG_DIR = "/etc/slipstream/plugins.d"
+DEFAULT_NODE_URL = "http://127.0.0.1:3030"
+NETWORKS = ("mainnet", "testnet", "canary")
+APIS = ("auto", "v2", "v1")
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/slipstream-reconciler")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "slipstream-reconciler"
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_dir: Path
+    node_url: str = DEFAULT_NODE_URL
+    network: str = "mainnet"
+    api: str = "auto"
+    jwt_token_file: Path | None = None
+    jwt_secret_file: Path | None = None
+    state_dir: Path | None = None
+    node_config_dir: Path | None = None
+    max_rps: float = 10.0
+    timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.network not in NETWORKS:
+            raise SettingsError(f"--network must be one of {', '.join(NETWORKS)}, "
+                                f"not {self.network!r}")
+        if self.api not in APIS:
+            raise SettingsError(f"--api must be one of {', '.join(APIS)}, not {self.api!r}")
+        parts = urlsplit(self.node_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(f"--node-url must be an http:// or https:// URL, "
+                                f"not {mask_url(self.node_url)!r}")
+        if self.max_rps < 0:
+            raise SettingsError("--max-rps must be 0 (no pacing) or more")
+        if self.timeout <= 0:
+            raise SettingsError("--timeout must be more than 0")
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir if self.state_dir is not None else default_state_dir()
+
+    def node_path(self, config_file: str) -> str:
+        """Where the node sees a config file (it reads the file itself, perhaps from
+        inside a container that mounts the directory elsewhere)."""
+        if self.node_config_dir is None:
+            return config_file
+        relative = os.path.relpath(config_file, os.path.abspath(self.config_dir))
+        return os.path.join(str(self.node_config_dir), relative)
+
+    @property
+    def shown_url(self) -> str:
+        return mask_url(self.node_url)
+
+
+def mask_url(url: str) -> str:
+    """A URL as it may be printed: any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
