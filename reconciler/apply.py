@@ -207,12 +207,16 @@ class _Run:
         if plugin.name is not None and plugin.name in live and exc.name == plugin.name:
             self.store.record_put(_entry(plugin, plugin.name), seq)
             return Outcome(change, True, "already loaded: now managed", plugin.name)
-        if (plugin.name is None and exc.name in live
-                and plugin.config_file in self.interrupted):
-            # Our own load, interrupted before we could record its name.
+        managed_elsewhere = self.store.current().entries.get(exc.name)
+        if (plugin.name is None and exc.name in live and (
+                managed_elsewhere is None or managed_elsewhere.config_file == plugin.config_file)):
+            # The node holds one plugin per library, and this file's library is loaded as
+            # exc.name: our own interrupted load, or one loaded at start-up or by hand. The
+            # same rule as adopting a live plugin under a declared name.
+            how = ("an interrupted load" if plugin.config_file in self.interrupted
+                   else "its library was already loaded")
             self.store.record_put(_entry(plugin, exc.name), seq)
-            return Outcome(change, True, f"already loaded as {exc.name} (an interrupted "
-                           "load): now managed", exc.name)
+            return Outcome(change, True, f"adopted {exc.name} ({how}): now managed", exc.name)
         self._abandon(plugin, seq)
         other = f"plugin {exc.name!r}" if exc.name else "another plugin"
         return Outcome(change, False, f"load refused: {other} already holds this name or "

@@ -396,6 +396,9 @@ def node(
     fault_error_rate: Annotated[float, typer.Option("--fault-error-rate")] = 0.0,
     fault_drop_rate: Annotated[float, typer.Option("--fault-drop-rate")] = 0.0,
     fault_seed: Annotated[int | None, typer.Option("--fault-seed")] = None,
+    no_runtime_loading: Annotated[bool, typer.Option(
+        "--no-runtime-loading", help="Behave like the proposed static-plugin node: only GET; "
+                                     "POST and DELETE answer 405.")] = False,
 ) -> None:
     """Run the bundled reference node: snarkOS's Slipstream REST API, for demos and tests.
 
@@ -415,7 +418,8 @@ def node(
             jwt_timestamp=jwt_timestamp, nojwt=nojwt,
             slipstream_configs=[str(p) for p in slipstream_config or []], rest_rps=rest_rps,
             data_dir=data_dir,
-            faults=Faults(fault_latency_ms, fault_error_rate, fault_drop_rate, fault_seed))
+            faults=Faults(fault_latency_ms, fault_error_rate, fault_drop_rate, fault_seed),
+            runtime_loading=not no_runtime_loading)
         refnode = RefNode(options).start()
     except (StartupError, OSError) as exc:
         raise SettingsError(f"the reference node could not start: {exc}") from None

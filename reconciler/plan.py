@@ -85,7 +85,11 @@ def plan(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger,
          policy: Policy = Policy()) -> Plan:
     live_set = set(live)
     declared = {p.name for p in desired.plugins if p.name is not None}
+    files = {p.config_file for p in desired.plugins} | desired.invalid_files
     by_config = ledger.by_config()
+    # The node holds one plugin per library: an entry on the same library whose file is
+    # gone is this file's plugin, renamed or moved.
+    by_library = {e.libpath: e for e in ledger.entries.values() if e.config_file not in files}
     claimed: set[str] = set()
     changes: list[Change] = []
     in_sync: list[Change] = []
@@ -93,8 +97,8 @@ def plan(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger,
     for plugin in desired.plugins:
         entry = ledger.entries.get(plugin.name) if plugin.name is not None else None
         if plugin.name is None:
-            entry = by_config.get(plugin.config_file)
-            if entry is not None and entry.name in declared:
+            entry = by_config.get(plugin.config_file) or by_library.get(plugin.libpath)
+            if entry is not None and (entry.name in declared or entry.name in claimed):
                 entry = None  # that name now belongs to another file's declaration
         if entry is not None:
             claimed.add(entry.name)
@@ -118,10 +122,9 @@ def plan(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger,
             changes.append(Change(Action.FORGET, entry.name, entry.config_file,
                                   "neither declared nor loaded", entry=entry))
 
-    desired_files = {p.config_file for p in desired.plugins} | invalid_files
     warnings = list(desired.warnings)
     for intent in ledger.pending:
-        if intent.config_file not in desired_files:
+        if intent.config_file not in files:
             changes.append(Change(Action.FORGET, None, intent.config_file,
                                   "an interrupted load of a file since removed; if it loaded, "
                                   "it is listed as unmanaged", intent_seq=intent.seq))

@@ -70,6 +70,8 @@ class NodeOptions:
     data_dir: Path | None = None
     address: str = DEFAULT_ADDRESS
     faults: Faults = field(default_factory=Faults)
+    # False: the later snarkOS proposal (plugins chosen at start-up, only GET remains).
+    runtime_loading: bool = True
 
 
 def decode_secret(b64: str) -> bytes:
@@ -138,7 +140,8 @@ class RefNode:
         server.node = self
         self.port = server.server_address[1]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="refnode", daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,),
+                                        name="refnode", daemon=True)
         self._thread.start()
         return self
 
@@ -159,6 +162,10 @@ class RefNode:
     @property
     def running(self) -> bool:
         return self._server is not None
+
+    @property
+    def open_connections(self) -> int:
+        return self._server.connection_count() if self._server else 0
 
     def _boot(self) -> None:
         """What the node does at start-up: a secret, a token, the start-up plugins."""
@@ -204,6 +211,8 @@ class RefNode:
             return Reply(404)
         name = match.group(3)
         allowed = ("DELETE",) if name is not None else ("GET", "POST")
+        if not self.options.runtime_loading:
+            allowed = () if name is not None else ("GET",)
         if method not in allowed:
             return Reply(405)
         if not self.options.nojwt and not self._authorized(headers.get("Authorization")):
@@ -307,6 +316,10 @@ class _Server(ThreadingHTTPServer):
     def track(self, sock: socket.socket, alive: bool) -> None:
         with self._connections_lock:
             (self._connections.add if alive else self._connections.discard)(sock)
+
+    def connection_count(self) -> int:
+        with self._connections_lock:
+            return len(self._connections)
 
     def close_connections(self) -> None:
         """A restarted node drops its keep-alive connections; so do we."""

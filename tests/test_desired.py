@@ -1,0 +1,166 @@
+"""Reading the config directory: which files count, and every problem named precisely."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from reconciler.desired import DirectoryReader, is_config_name
+from reconciler.errors import ConfigDirError
+
+
+def read(ws):
+    return DirectoryReader().read(ws.conf)
+
+
+def only_problem(desired):
+    assert len(desired.invalid) == 1, desired.invalid
+    return desired.invalid[0]
+
+
+@pytest.mark.parametrize("name, counts", [
+    ("a.json5", True), ("a.json", True), (".hidden.json5", False), (".#a.json5", False),
+    ("a.json5~", False), ("a.json5.swp", False), ("a.json5.tmp", False), ("a.yaml", False),
+    ("#a.json5#", False),
+])
+def test_which_files_are_configs(name, counts):
+    assert is_config_name(name) is counts
+
+
+def test_a_valid_directory(ws):
+    ws.config("postgres.json5", name="postgres", extra='connection_string: "postgres://u:p@h/db"')
+    ws.config("metrics.json", raw='{"libpath": "../libs/libmetrics.so", "name": "metrics"}')
+    ws.library("metrics")
+    desired = read(ws)
+    assert [p.name for p in desired.plugins] == ["metrics", "postgres"]
+    assert desired.invalid == () and desired.warnings == ()
+    plugin = desired.plugins[1]
+    assert plugin.libpath == str(ws.libs / "libpostgres.so")
+    assert len(plugin.config_sha256) == 64 and len(plugin.library_sha256) == 64
+
+
+def test_a_config_without_name_is_valid_with_a_warning(ws):
+    ws.config("metrics.json5")
+    desired = read(ws)
+    assert desired.plugins[0].name is None
+    assert "known only after it is loaded" in desired.warnings[0].message
+
+
+def test_json5_error_names_file_line_and_column(ws):
+    ws.config("broken.json5", raw='{\n  libpath: "x",\n  name: [1,,2],\n}')
+    problem = only_problem(read(ws))
+    assert (problem.line, problem.column) == (3, 12)
+    assert str(problem).startswith(f"{ws.conf / 'broken.json5'}:3:12: invalid JSON5")
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("[1, 2]", "must be an object, not an array"),
+    ('"x"', "must be an object, not a string"),
+    ("{}", "`libpath` is required"),
+    ('{libpath: ""}', "`libpath` is required"),
+    ("{libpath: 7}", "`libpath` is required"),
+    ('{libpath: "../libs/libnope.so"}', "not found"),
+    ('{libpath: "../libs"}', "is not a regular file"),
+    ('{libpath: "../libs/liba.so", name: ""}', "`name` must be a non-empty string"),
+    ('{libpath: "../libs/liba.so", name: "a\\u0007b"}', "without control characters"),
+    ('{libpath: "../libs/liba.so", name: 3}', "`name` must be a non-empty string"),
+    ("", "the file is empty"),
+    ("[" * 100_000, "nested too deeply"),
+])
+def test_each_problem_is_named(ws, raw, message):
+    ws.library("a")
+    ws.config("x.json5", raw=raw)
+    assert message in only_problem(read(ws)).message
+
+
+def test_not_utf8(ws):
+    (ws.conf / "x.json5").write_bytes(b'{libpath: "\xff"}')
+    problem = only_problem(read(ws))
+    assert "not UTF-8" in problem.message and (problem.line, problem.column) == (1, 12)
+
+
+def test_over_one_mib(ws):
+    (ws.conf / "x.json5").write_text('{libpath: "a", pad: "' + "x" * (1 << 20) + '"}')
+    assert "at most 1048576 bytes" in only_problem(read(ws)).message
+
+
+def test_unreadable_library(ws):
+    if os.geteuid() == 0:
+        pytest.skip("root reads everything")
+    lib = ws.library("a")
+    lib.chmod(0)
+    ws.config("a.json5", lib="a")
+    assert "not readable" in only_problem(read(ws)).message
+
+
+def test_duplicate_names_make_both_files_invalid(ws):
+    ws.config("a.json5", name="same", lib="a")
+    ws.config("b.json5", name="same", lib="b")
+    desired = read(ws)
+    assert desired.plugins == ()
+    assert {p.file for p in desired.invalid} == {str(ws.conf / "a.json5"),
+                                                 str(ws.conf / "b.json5")}
+    assert all("also claimed by" in p.message for p in desired.invalid)
+
+
+def test_two_files_on_one_library_are_both_invalid(ws):
+    ws.config("a.json5", name="a", lib="shared")
+    ws.config("b.json5", name="b", lib="shared")
+    assert len(read(ws).invalid) == 2
+
+
+def test_symlinks_are_followed_like_a_configmap_volume(ws):
+    data = ws.conf / "..2026_11_25_01_00_00.1"
+    data.mkdir()
+    ws.library("postgres")
+    (data / "postgres.json5").write_text('{libpath: "../libs/libpostgres.so", name: "postgres"}')
+    (ws.conf / "..data").symlink_to(data.name)
+    (ws.conf / "postgres.json5").symlink_to("..data/postgres.json5")
+    desired = read(ws)
+    assert [p.name for p in desired.plugins] == ["postgres"]
+    assert desired.plugins[0].config_file == str(ws.conf / "postgres.json5")
+
+
+def test_dangling_symlink_protects_instead_of_vanishing(ws):
+    (ws.conf / "gone.json5").symlink_to("nowhere.json5")
+    assert "vanished" in only_problem(read(ws)).message
+
+
+def test_a_fifo_or_socket_is_refused_without_blocking(ws):
+    os.mkfifo(ws.conf / "fifo.json5")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(ws.conf / "sock.json5"))
+    try:
+        desired = read(ws)
+    finally:
+        sock.close()
+    assert sorted(p.message for p in desired.invalid) == ["not a regular file"] * 2
+
+
+def test_missing_or_unusable_directory_is_an_error(ws, tmp_path):
+    with pytest.raises(ConfigDirError, match="does not exist"):
+        DirectoryReader().read(tmp_path / "nope")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigDirError, match="is not a directory"):
+        DirectoryReader().read(tmp_path / "file")
+
+
+def test_library_hash_cache_sees_a_rebuild(ws):
+    reader = DirectoryReader()
+    ws.config("a.json5", name="a")
+    before = reader.read(ws.conf).plugins[0].library_sha256
+    assert reader.read(ws.conf).plugins[0].library_sha256 == before
+    ws.library("a", b"rebuilt library, same path")
+    assert reader.read(ws.conf).plugins[0].library_sha256 != before
+
+
+def test_plain_json_and_json5_give_the_same_plugin(ws):
+    ws.library("a")
+    ws.config("a.json", raw='{"libpath": "../libs/liba.so", "name": "a"}')
+    json_plugin = read(ws).plugins[0]
+    os.remove(ws.conf / "a.json")
+    ws.config("a.json", raw="{libpath: '../libs/liba.so', name: 'a', /* c */}")
+    json5_plugin = read(ws).plugins[0]
+    assert (json_plugin.name, json_plugin.libpath) == (json5_plugin.name, json5_plugin.libpath)

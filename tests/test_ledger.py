@@ -1,0 +1,110 @@
+"""The ledger survives crashes, refuses to guess when corrupt, and costs O(1) per action."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from reconciler.errors import LedgerError
+from reconciler.ledger import Entry, LedgerStore
+
+
+def entry(name: str, config: str = "c0") -> Entry:
+    return Entry(name, f"/conf/{name}.json5", config, "l0", f"/lib/lib{name}.so", 1.0)
+
+
+def test_round_trip_through_journal_and_snapshot(tmp_path):
+    store = LedgerStore(tmp_path)
+    store.load()
+    seq = store.record_intent("load", "a", "/conf/a.json5", "c0", "l0", "/lib/liba.so")
+    store.record_put(entry("a"), seq)
+    store.record_put(entry("b"))
+    store.record_remove("b")
+    assert set(LedgerStore(tmp_path).load().entries) == {"a"}  # from the journal alone
+    store.compact()
+    assert json.loads((tmp_path / "ledger.json").read_text())["generation"] == 1
+    assert (tmp_path / "ledger.journal").read_bytes() == b""
+    reloaded = LedgerStore(tmp_path).load()
+    assert reloaded.entries["a"] == entry("a") and reloaded.pending == ()
+
+
+def test_a_crash_after_a_named_load_leaves_it_managed(tmp_path):
+    store = LedgerStore(tmp_path)
+    store.load()
+    store.record_intent("load", "a", "/conf/a.json5", "c0", "l0", "/lib/liba.so")
+    # the process dies here: the call may or may not have reached the node
+    after = LedgerStore(tmp_path).load()
+    assert after.entries["a"].config_file == "/conf/a.json5"
+
+
+def test_a_crash_after_an_unnamed_load_leaves_a_pending_intent(tmp_path):
+    store = LedgerStore(tmp_path)
+    store.load()
+    store.record_intent("load", None, "/conf/u.json5", "c0", "l0", "/lib/libu.so")
+    after = LedgerStore(tmp_path).load()
+    assert after.entries == {} and after.pending[0].config_file == "/conf/u.json5"
+    later = LedgerStore(tmp_path)
+    later.load()
+    later.settle(after.pending[0].seq)
+    assert LedgerStore(tmp_path).load().pending == ()
+
+
+def test_a_torn_last_line_is_ignored(tmp_path):
+    store = LedgerStore(tmp_path)
+    store.load()
+    store.record_put(entry("a"))
+    with open(tmp_path / "ledger.journal", "ab") as journal:
+        journal.write(b'{"op":"put","seq":null,"entry":{"na')
+    assert set(LedgerStore(tmp_path).load().entries) == {"a"}
+
+
+def test_a_corrupt_snapshot_is_an_error_naming_it_not_a_reset(tmp_path):
+    (tmp_path / "ledger.json").write_text("{not json")
+    with pytest.raises(LedgerError) as caught:
+        LedgerStore(tmp_path).load()
+    assert str(tmp_path / "ledger.json") in str(caught.value)
+    assert "was not reset" in str(caught.value)
+    assert (tmp_path / "ledger.json").read_text() == "{not json"
+
+
+def test_a_corrupt_journal_line_in_the_middle_is_an_error(tmp_path):
+    (tmp_path / "ledger.journal").write_text('{"op":"begin","generation":0}\ngarbage\n{}\n')
+    with pytest.raises(LedgerError, match="line 2 is not JSON"):
+        LedgerStore(tmp_path).load()
+
+
+def test_a_journal_older_than_the_snapshot_is_not_replayed(tmp_path):
+    store = LedgerStore(tmp_path)
+    store.load()
+    store.record_put(entry("a"))
+    journal = (tmp_path / "ledger.journal").read_bytes()
+    store.record_remove("a")
+    store.compact()
+    # a crash between the snapshot's rename and the journal's truncation:
+    (tmp_path / "ledger.journal").write_bytes(journal)
+    assert LedgerStore(tmp_path).load().entries == {}
+
+
+def test_each_action_appends_one_line_and_never_rewrites_the_snapshot(tmp_path):
+    store = LedgerStore(tmp_path)
+    store.load()
+    store.record_put(entry("seed"))
+    store.compact()
+    snapshot = os.stat(tmp_path / "ledger.json")
+    for i in range(200):
+        store.record_put(entry(f"p{i}"))
+    assert os.stat(tmp_path / "ledger.json").st_mtime_ns == snapshot.st_mtime_ns
+    lines = (tmp_path / "ledger.journal").read_bytes().splitlines()
+    assert len(lines) == 201  # "begin" and one line per action
+    assert max(len(line) for line in lines[1:]) < 400  # a line does not grow with the ledger
+
+
+def test_files_are_private(tmp_path):
+    store = LedgerStore(tmp_path / "state")
+    store.load()
+    store.record_put(entry("a"))
+    store.compact()
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "state" / "ledger.json").stat().st_mode & 0o777 == 0o600

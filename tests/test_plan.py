@@ -1,0 +1,219 @@
+"""The planner, without a server: stories first, then properties over random worlds."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reconciler.desired import Desired, DesiredPlugin, Problem
+from reconciler.ledger import Entry, Intent, Ledger
+from reconciler.plan import Action, Plan, Policy, Prune, plan, statuses
+
+NAMED = ("a", "b", "c")
+UNNAMED = ("u1", "u2")  # their libraries name them: libu1.so -> "u1"
+FOREIGN = ("x", "y")  # loaded by someone else
+
+
+def plugin(stem: str, named: bool = True, config: str = "c0", library: str = "l0",
+           file: str | None = None) -> DesiredPlugin:
+    return DesiredPlugin(file or f"/conf/{stem}.json5", stem if named else None,
+                         f"/lib/lib{stem}.so", config, library)
+
+
+def entry(stem: str, config: str = "c0", library: str = "l0",
+          file: str | None = None) -> Entry:
+    return Entry(stem, file or f"/conf/{stem}.json5", config, library, f"/lib/lib{stem}.so", 0)
+
+
+def desired(*plugins: DesiredPlugin, invalid: tuple[str, ...] = ()) -> Desired:
+    return Desired("/conf", tuple(plugins), tuple(Problem(f, "broken") for f in invalid))
+
+
+def actions(p: Plan) -> list[tuple[str, str | None]]:
+    return [(c.action.value, c.name) for c in p.changes]
+
+
+# -- stories ---------------------------------------------------------------------------
+def test_new_file_loads_and_unknown_names_wait_for_the_node():
+    p = plan(desired(plugin("a"), plugin("u1", named=False)), [], Ledger.of())
+    assert actions(p) == [("load", "a"), ("load", None)]
+    assert p.changes[1].label == "(known after apply)"
+
+
+def test_changed_config_or_library_is_a_replace_with_its_reason():
+    ledger = Ledger.of([entry("a"), entry("b")])
+    p = plan(desired(plugin("a", config="c1"), plugin("b", library="l1")), ["a", "b"], ledger)
+    assert [(c.action, c.reason) for c in p.changes] == [
+        (Action.REPLACE, "config changed"), (Action.REPLACE, "library changed")]
+
+
+def test_removed_file_unloads_only_what_we_loaded():
+    p = plan(desired(), ["a", "x"], Ledger.of([entry("a")]), Policy(allow_empty=True))
+    assert actions(p) == [("unload", "a")]
+    assert p.unmanaged == ("x",)
+
+
+def test_a_broken_file_protects_its_plugin():
+    p = plan(desired(invalid=("/conf/a.json5",)), ["a"], Ledger.of([entry("a")]))
+    assert p.changes == ()
+    assert [r.state for r in statuses(p)] == ["invalid"]
+
+
+def test_live_and_declared_but_unmanaged_is_adopted():
+    p = plan(desired(plugin("a")), ["a"], Ledger.of())
+    assert actions(p) == [("adopt", "a")]
+
+
+def test_managed_but_gone_everywhere_is_forgotten():
+    p = plan(desired(), [], Ledger.of([entry("a")]))
+    assert actions(p) == [("forget", "a")]
+
+
+def test_a_restart_that_dropped_a_plugin_reloads_it():
+    p = plan(desired(plugin("a")), [], Ledger.of([entry("a")]))
+    assert actions(p) == [("load", "a")]
+    assert "restarted" in p.changes[0].reason
+
+
+def test_unnamed_config_is_tracked_by_its_file():
+    ledger = Ledger.of([entry("u1")])
+    assert plan(desired(plugin("u1", named=False)), ["u1"], ledger).changes == ()
+    p = plan(desired(plugin("u1", named=False, config="c1")), ["u1"], ledger)
+    assert actions(p) == [("replace", "u1")]
+
+
+def test_renamed_plugin_unloads_the_old_name_before_loading_the_new():
+    ledger = Ledger.of([entry("a")])
+    renamed = DesiredPlugin("/conf/a.json5", "b", "/lib/liba.so", "c1", "l0")
+    assert actions(plan(desired(renamed), ["a"], ledger)) == [("unload", "a"), ("load", "b")]
+
+
+def test_prune_policies():
+    world = (desired(), ["a", "x"], Ledger.of([entry("a")]))
+    everything = Policy(Prune.ALL, allow_empty=True)
+    assert actions(plan(*world, everything)) == [("unload", "a"), ("unload", "x")]
+    nothing = plan(*world, Policy(Prune.NONE, allow_empty=True))
+    assert nothing.changes == () and [c.name for c in nothing.held] == ["a"]
+
+
+def test_prune_all_holds_back_while_a_file_is_invalid():
+    p = plan(desired(invalid=("/conf/q.json5",)), ["x"], Ledger.of(), Policy(Prune.ALL))
+    assert p.changes == () and [c.name for c in p.held] == ["x"]
+
+
+def test_empty_directory_blocks_mass_unload_unless_allowed():
+    world = (desired(), ["a", "b"], Ledger.of([entry("a"), entry("b")]))
+    assert "--allow-empty" in plan(*world).blocked
+    assert plan(*world, Policy(allow_empty=True)).blocked is None
+
+
+def test_max_unloads_brake():
+    world = (desired(plugin("c")), ["a", "b", "c"],
+             Ledger.of([entry("a"), entry("b"), entry("c")]))
+    assert "more than --max-unloads 1" in plan(*world, Policy(max_unloads=1)).blocked
+    assert plan(*world, Policy(max_unloads=2)).blocked is None
+
+
+def test_moved_config_file_is_replaced_so_the_node_reads_the_new_path():
+    ledger = Ledger.of([entry("a", file="/conf/old.json5")])
+    p = plan(desired(plugin("a")), ["a"], ledger)
+    assert actions(p) == [("replace", "a")] and "moved" in p.changes[0].reason
+
+
+def test_an_interrupted_load_of_a_deleted_file_is_settled():
+    ledger = Ledger.of([], (Intent(7, "load", None, "/conf/u1.json5"),))
+    p = plan(desired(plugin("a")), ["a", "u1"], ledger)
+    assert ("forget", None) in actions(p)
+
+
+# -- properties ----------------------------------------------------------------------
+@st.composite
+def worlds(draw):
+    plugins, invalid, entries = [], [], []
+    for stem in NAMED + UNNAMED:
+        file = draw(st.sampled_from([f"/conf/{stem}.json5", f"/conf/{stem}-moved.json5"]))
+        kind = draw(st.sampled_from(["absent", "valid", "invalid"]))
+        if kind == "valid":
+            plugins.append(plugin(stem, stem in NAMED, draw(st.sampled_from(["c0", "c1"])),
+                                  draw(st.sampled_from(["l0", "l1"])), file))
+        elif kind == "invalid":
+            invalid.append(file)
+        if draw(st.booleans()):
+            entries.append(entry(stem, draw(st.sampled_from(["c0", "c1"])),
+                                 draw(st.sampled_from(["l0", "l1"])),
+                                 draw(st.sampled_from([f"/conf/{stem}.json5",
+                                                       f"/conf/{stem}-moved.json5"]))))
+    live = draw(st.lists(st.sampled_from(NAMED + UNNAMED + FOREIGN), unique=True))
+    policy = Policy(draw(st.sampled_from(list(Prune))), draw(st.booleans()),
+                    draw(st.one_of(st.none(), st.integers(0, 4))))
+    return desired(*plugins, invalid=tuple(invalid)), live, Ledger.of(entries), policy
+
+
+def simulate(p: Plan, live: set[str], ledger: dict[str, Entry]) -> None:
+    """A node and a ledger in memory, doing what apply() asks."""
+    for change in p.changes:
+        if change.action is Action.FORGET:
+            ledger.pop(change.name, None)
+        elif change.action is Action.ADOPT:
+            ledger[change.name] = entry_of(change.desired, change.name)
+        elif change.action is Action.UNLOAD:
+            live.discard(change.name)
+            ledger.pop(change.name, None)
+        else:
+            if change.action is Action.REPLACE:
+                live.discard(change.entry.name)
+                ledger.pop(change.entry.name, None)
+            d = change.desired
+            name = d.name or d.libpath.rsplit("/lib", 1)[1].split(".")[0]
+            if d.name is None and name in live and name not in ledger:
+                ledger[name] = entry_of(d, name)  # 422 on the same library: apply adopts
+                continue
+            assert name not in live, f"plan loads {name!r}, which is already live"
+            live.add(name)
+            ledger[name] = entry_of(d, name)
+
+
+def entry_of(d: DesiredPlugin, name: str) -> Entry:
+    return Entry(name, d.config_file, d.config_sha256, d.library_sha256, d.libpath, 0)
+
+
+@settings(max_examples=400, deadline=None)
+@given(worlds())
+def test_plan_is_a_pure_function(world):
+    assert plan(*world) == plan(*world)
+
+
+@settings(max_examples=400, deadline=None)
+@given(worlds())
+def test_only_managed_plugins_are_unloaded_and_invalid_files_are_untouched(world):
+    d, live, ledger, policy = world
+    p = plan(d, live, ledger, policy)
+    for change in p.changes:
+        if change.action in (Action.UNLOAD, Action.REPLACE):
+            assert change.name in live
+            if policy.prune is not Prune.ALL or change.action is Action.REPLACE:
+                assert change.name in ledger.entries
+        assert change.config_file not in d.invalid_files
+    protected = {e.name for e in ledger.entries.values() if e.config_file in d.invalid_files}
+    touched = {c.name for c in p.changes if c.action in (Action.UNLOAD, Action.REPLACE)}
+    assert not (protected - {p.name for p in d.plugins}) & touched
+    if policy.prune is Prune.NONE:
+        assert not any(c.action is Action.UNLOAD for c in p.changes)
+
+
+@settings(max_examples=400, deadline=None)
+@given(worlds())
+def test_applying_a_plan_converges_in_one_pass(world):
+    d, live, ledger, policy = world
+    first = plan(d, live, ledger, policy)
+    if first.blocked:
+        return
+    state, book = set(live), dict(ledger.entries)
+    simulate(first, state, book)
+    second = plan(d, sorted(state), Ledger.of(list(book.values())), policy)
+    assert second.changes == (), second.changes
+    for p in d.plugins:
+        assert (p.name or p.libpath.rsplit("/lib", 1)[1].split(".")[0]) in state
+    # nothing foreign was touched unless the policy says so
+    if policy.prune is not Prune.ALL:
+        assert set(live) & set(FOREIGN) <= state
