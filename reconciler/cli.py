@@ -457,7 +457,22 @@ def _announce(refnode) -> None:
 
 
 def main() -> None:
-    app()
+    """Usage errors exit 1, not click's 2: under --detailed-exitcode, 2 means 'changes',
+    and a typo in a CI job must not read as one."""
+    import click
+
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        exc.show()
+        code = ERROR
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        code = 130
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        code = ERROR
+    sys.exit(code if isinstance(code, int) else OK)
 
 
 if __name__ == "__main__":

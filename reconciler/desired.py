@@ -49,12 +49,16 @@ class Problem:
     column: int | None = None
 
     def __str__(self) -> str:
-        where = self.file
-        if self.line is not None:
-            where += f":{self.line}"
-            if self.column is not None:
-                where += f":{self.column}"
-        return f"{where}: {self.message}"
+        return f"{self.file}:{self.brief}" if self.line is not None else \
+            f"{self.file}: {self.message}"
+
+    @property
+    def brief(self) -> str:
+        """Without the file's name, for places that show it already."""
+        if self.line is None:
+            return self.message
+        column = f":{self.column}" if self.column is not None else ""
+        return f"{self.line}{column}: {self.message}"
 
 
 @dataclass(frozen=True)

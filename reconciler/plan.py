@@ -221,7 +221,7 @@ def statuses(p: Plan) -> tuple[PluginStatus, ...]:
     rows += [PluginStatus(c.name, c.config_file, STATE_OF[c.action], c.reason)
              for c in (*p.changes, *p.held) if c.action in STATE_OF]
     protected = {c.config_file: c.name for c in p.protected}
-    rows += [PluginStatus(protected.get(problem.file), problem.file, "invalid", str(problem))
+    rows += [PluginStatus(protected.get(problem.file), problem.file, "invalid", problem.brief)
              for problem in p.invalid]
     rows += [PluginStatus(name, None, "unmanaged", "live on the node, not declared, not managed")
              for name in p.unmanaged if not any(c.name == name for c in p.changes)]

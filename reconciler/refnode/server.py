@@ -72,6 +72,8 @@ class NodeOptions:
     faults: Faults = field(default_factory=Faults)
     # False: the later snarkOS proposal (plugins chosen at start-up, only GET remains).
     runtime_loading: bool = True
+    # False: an older snarkOS with no /v2 routes at all.
+    api_v2: bool = True
 
 
 def decode_secret(b64: str) -> bytes:
@@ -208,6 +210,8 @@ class RefNode:
         if wait > 0:
             return _error(429, "too_many_requests", f"Too Many Requests! Wait for {wait:.3f}s")
         if match is None or match.group(2) != self.options.network:
+            return Reply(404)
+        if match.group(1) == "v2" and not self.options.api_v2:
             return Reply(404)
         name = match.group(3)
         allowed = ("DELETE",) if name is not None else ("GET", "POST")

@@ -1,0 +1,333 @@
+"""The operator's stories, end to end: the installed CLI against a real reference node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from reconciler.ledger import LedgerStore
+from tests.conftest import SCRIPT, no_traceback
+
+SECRET_VALUE = "hunter2-s3cret"
+
+
+def calls(node, method: str) -> list[str]:
+    return [r.path for r in node.requests if r.method == method]
+
+
+# -- validate ----------------------------------------------------------------------------
+def test_validate_exit_codes_and_precise_reasons(cli, ws):
+    ws.config("postgres.json5", name="postgres")
+    assert cli("validate").code == 0
+    ws.config("broken.json5", raw='{\n  libpath: "x",\n  name: ,\n}')
+    result = cli("validate")
+    assert result.code == 1
+    assert f"{ws.conf / 'broken.json5'}:3:" in result.out
+    no_traceback(result)
+    data = cli("validate", "-o", "json").json
+    assert data["invalid"][0]["line"] == 3 and data["valid"][0]["name"] == "postgres"
+
+
+# -- plan, apply, status: the basic loop ---------------------------------------------------
+def test_plan_apply_status_converge(cli, ws, node):
+    ws.config("postgres.json5", name="postgres")
+    ws.config("metrics.json5")  # no name: known after apply
+    planned = cli("plan", "--detailed-exitcode", node=node)
+    assert planned.code == 2, planned.err
+    assert "+ load     postgres" in planned.out
+    assert "+ load     (known after apply)" in planned.out
+    assert "Plan: 2 to load, 0 to replace, 0 to unload." in planned.out
+    assert "Unmanaged (live, not declared, left alone): startup" in planned.out
+
+    applied = cli("apply", "--detailed-exitcode", node=node)
+    assert applied.code == 2, applied.err
+    assert "loaded as metrics" in applied.out
+    assert sorted(node.manager.names()) == ["metrics", "postgres", "startup"]
+
+    again = cli("plan", "--detailed-exitcode", node=node)
+    assert again.code == 0 and "No changes." in again.out
+    assert cli("apply", "--detailed-exitcode", node=node).code == 0
+
+    status = cli("status", node=node)
+    assert status.code == 0
+    assert "metrics   metrics.json5   in-sync" in status.out
+    assert "api /v2/mainnet" in status.out
+    data = cli("status", "-o", "json", node=node).json
+    assert data["format_version"] == 1 and data["in_sync"] is True
+    assert {p["name"]: p["state"] for p in data["plugins"]} == {
+        "metrics": "in-sync", "postgres": "in-sync", "startup": "unmanaged"}
+
+
+def test_plan_json_shape(cli, ws, node):
+    ws.config("postgres.json5", name="postgres")
+    data = cli("plan", "-o", "json", node=node).json
+    assert data["format_version"] == 1
+    assert data["node"] == node.url and data["network"] == "mainnet"
+    assert data["actions"] == [{"action": "load", "name": "postgres",
+                                "config_file": str(ws.conf / "postgres.json5"),
+                                "reason": "new"}]
+    assert data["unmanaged"] == ["startup"] and data["invalid"] == []
+
+
+def test_an_edited_config_is_replaced_and_a_rebuilt_library_too(cli, ws, node):
+    ws.config("postgres.json5", name="postgres")
+    cli("apply", node=node)
+    ws.config("postgres.json5", name="postgres", extra="batch_size: 200")
+    planned = cli("plan", node=node)
+    assert "-/+ replace  postgres" in planned.out and "(config changed)" in planned.out
+    before = len(node.requests)
+    assert cli("apply", node=node).code == 0
+    assert [r.method for r in list(node.requests)[before:] if r.method != "GET"] == \
+        ["DELETE", "POST"]
+    ws.library("postgres", b"rebuilt")
+    assert "(library changed)" in cli("plan", node=node).out
+    assert cli("apply", node=node).code == 0
+    assert cli("plan", "--detailed-exitcode", node=node).code == 0
+
+
+def test_a_removed_file_unloads_its_plugin_and_only_that(cli, ws, node):
+    ws.config("postgres.json5", name="postgres")
+    ws.config("metrics.json5", name="metrics")
+    cli("apply", node=node)
+    os.remove(ws.conf / "postgres.json5")
+    assert "- unload   postgres" in cli("plan", node=node).out
+    assert cli("apply", node=node).code == 0
+    assert sorted(node.manager.names()) == ["metrics", "startup"]
+
+
+def test_a_broken_edit_never_unloads_a_plugin(cli, ws, node):
+    ws.config("postgres.json5", name="postgres")
+    cli("apply", node=node)
+    (ws.conf / "postgres.json5").write_text('{libpath: "../libs/libpostgres.so", name: ')
+    result = cli("apply", node=node)
+    assert result.code == 3
+    assert "postgres.json5:1:" in result.out
+    assert "postgres" in node.manager.names()
+    assert calls(node, "DELETE") == []
+    status = cli("status", "-o", "json", node=node)
+    assert status.code == 2
+    assert {p["name"]: p["state"] for p in status.json["plugins"]}["postgres"] == "invalid"
+
+
+def test_a_hand_unload_or_a_node_restart_is_put_back(cli, ws, node):
+    ws.config("postgres.json5", name="postgres")
+    cli("apply", node=node)
+    node.manager.unload("postgres")
+    status = cli("status", "-o", "json", node=node)
+    assert status.code == 2
+    assert status.json["plugins"][0]["state"] == "pending-load"
+    assert cli("apply", node=node).code == 0
+    node.restart()
+    assert "restarted" in cli("plan", node=node).out
+    assert cli("apply", node=node).code == 0
+    assert "postgres" in node.manager.names()
+
+
+def test_a_live_plugin_that_a_file_declares_is_adopted_without_a_call(cli, ws, node):
+    config = ws.config("postgres.json5", name="postgres")
+    node.manager.load(str(config))
+    assert "~ adopt    postgres" in cli("plan", node=node).out
+    assert cli("apply", node=node).code == 0
+    assert calls(node, "POST") == []
+    assert "postgres" in LedgerStore(ws.state).load().entries
+
+
+def test_an_unnamed_config_whose_library_is_loaded_at_startup_is_adopted(cli, ws, make_node):
+    ws.config("metrics.json5")
+    node = make_node(startup=[str(ws.conf / "metrics.json5")])
+    result = cli("apply", node=node)
+    assert result.code == 0, result.out
+    assert "adopted metrics" in result.out
+    assert cli("plan", "--detailed-exitcode", node=node).code == 0
+
+
+def test_a_failing_load_is_named_and_does_not_stop_the_others(cli, ws, node):
+    ws.library("bad", b"slipstream:on-load-fails")
+    ws.config("bad.json5", name="bad", lib="bad")
+    ws.config("good.json5", name="good")
+    result = cli("apply", node=node)
+    assert result.code == 3
+    assert "on_load method failed" in result.err
+    assert "good" in node.manager.names()
+    assert "bad" not in LedgerStore(ws.state).load().entries
+
+
+def test_it_works_against_an_older_node_without_v2(cli, ws, make_node):
+    node = make_node(api_v2=False)
+    ws.config("postgres.json5", name="postgres")
+    assert cli("apply", node=node).code == 0
+    os.remove(ws.conf / "postgres.json5")
+    ws.config("other.json5", name="other")
+    assert cli("apply", node=node).code == 0
+    assert sorted(node.manager.names()) == ["other", "startup"]
+    assert "api /mainnet" in cli("status", node=node).out
+
+
+def test_node_config_dir_maps_paths_for_the_node(cli, ws, node):
+    mount = ws.root / "mnt-as-the-node-sees-it"
+    mount.symlink_to(ws.conf)
+    ws.config("postgres.json5", name="postgres")
+    assert cli("apply", "--node-config-dir", str(mount), node=node).code == 0
+    posted = [json.loads(r.body) for r in node.requests if r.method == "POST"]
+    assert posted == [{"config_file": str(mount / "postgres.json5")}]
+
+
+# -- the node's traps, as the operator sees them -------------------------------------------
+def test_no_plugin_manager_is_explained(cli, ws, make_node):
+    node = make_node(startup=[])
+    ws.config("postgres.json5", name="postgres")
+    result = cli("apply", node=node)
+    assert result.code == 1
+    assert "no Slipstream plugin manager: start snarkOS with at least one " \
+           "--slipstream-config" in result.err
+    no_traceback(result)
+
+
+def test_unreachable_node_and_bad_auth_are_one_line_errors(cli, ws, node):
+    ws.config("postgres.json5", name="postgres")
+    down = cli("plan", env={"SLIPSTREAM_NODE_URL": "http://127.0.0.1:9"})
+    assert down.code == 1 and "cannot reach the node at http://127.0.0.1:9" in down.err
+    bad_token = ws.root / "bad-token"
+    bad_token.write_text("not-a-token")
+    bad_token.chmod(0o600)
+    denied = cli("plan", "--jwt-token-file", str(bad_token), node=node)
+    assert denied.code == 1 and "unauthorized (401)" in denied.err
+    for result in (down, denied):
+        no_traceback(result)
+        assert len(result.err.strip().splitlines()) == 1
+
+
+def test_a_node_that_cannot_load_at_run_time(cli, ws, make_node):
+    node = make_node(runtime_loading=False)
+    ws.config("postgres.json5", name="postgres")
+    result = cli("apply", node=node)
+    assert result.code == 1 and "cannot load plugins at run time" in result.err
+
+
+def test_rate_limited_node_with_default_pacing(cli, ws, make_node):
+    node = make_node(rest_rps=5)
+    for i in range(12):
+        ws.config(f"p{i}.json5", name=f"p{i}")
+    result = cli("apply", node=node)
+    assert result.code == 0, result.err
+    assert len(node.manager.names()) == 13
+
+
+def test_secret_file_and_env_token_authenticate(cli, ws, node):
+    import base64
+
+    secret = ws.root / "jwt-secret"
+    secret.write_text(base64.b64encode(node.secret).decode())
+    secret.chmod(0o600)
+    env = {"SLIPSTREAM_JWT_TOKEN_FILE": ""}
+    assert cli("plan", "--jwt-secret-file", str(secret), node=node, env=env).code == 0
+    env = {"SLIPSTREAM_JWT_TOKEN_FILE": "", "SLIPSTREAM_JWT_TOKEN": node.token}
+    assert cli("plan", node=node, env=env).code == 0
+
+
+# -- policies and brakes -------------------------------------------------------------------
+def test_empty_directory_refuses_to_unload_everything(cli, ws, node):
+    ws.config("postgres.json5", name="postgres")
+    cli("apply", node=node)
+    os.remove(ws.conf / "postgres.json5")
+    refused = cli("apply", node=node)
+    assert refused.code == 1 and "--allow-empty" in refused.err
+    assert "postgres" in node.manager.names()
+    assert cli("apply", "--allow-empty", node=node).code == 0
+    assert "postgres" not in node.manager.names()
+
+
+def test_missing_config_directory_refuses(cli, ws, node):
+    result = cli("apply", "--config-dir", str(ws.root / "not-mounted"), node=node)
+    assert result.code == 1 and "does not exist" in result.err
+
+
+def test_max_unloads_and_prune_policies(cli, ws, node):
+    for name in ("a", "b", "c"):
+        ws.config(f"{name}.json5", name=name)
+    cli("apply", node=node)
+    for name in ("a", "b"):
+        os.remove(ws.conf / f"{name}.json5")
+    assert cli("apply", "--max-unloads", "1", node=node).code == 1
+    held = cli("plan", "--prune", "none", node=node)
+    assert "Held back by policy" in held.out
+    assert cli("apply", "--prune", "all", node=node).code == 0
+    assert node.manager.names() == ["c"]  # 'startup' too: --prune all
+
+
+# -- CI flows: offline plans and saved plans ------------------------------------------------
+def test_plan_against_a_saved_live_list_needs_no_node(cli, ws):
+    ws.config("postgres.json5", name="postgres")
+    live = ws.root / "live.json"
+    live.write_text('["postgres", "other"]')
+    result = cli("plan", "--live-from", str(live), "--detailed-exitcode", "-o", "json")
+    assert result.code == 2
+    assert result.json["actions"][0]["action"] == "adopt"
+    live.write_text('{"not": "a list"}')
+    assert cli("plan", "--live-from", str(live)).code == 1
+
+
+def test_saved_plan_applies_and_a_stale_one_is_refused(cli, ws, node):
+    ws.config("postgres.json5", name="postgres")
+    saved = ws.root / "plan.json"
+    assert cli("plan", "--out", str(saved), node=node).code == 0
+    assert cli("apply", "--plan", str(saved), node=node).code == 0
+    ws.config("metrics.json5", name="metrics")
+    assert cli("plan", "--out", str(saved), node=node).code == 0
+    ws.config("metrics.json5", name="metrics", extra="changed: true")
+    stale = cli("apply", "--plan", str(saved), node=node)
+    assert stale.code == 1 and "stale plan" in stale.err
+    assert "metrics" not in node.manager.names()
+
+
+# -- secrets, locks, help ----------------------------------------------------------------------
+def test_secrets_never_reach_any_output(cli, ws, node):
+    ws.config("postgres.json5", name="postgres",
+              extra=f'connection_string: "postgres://aleo:{SECRET_VALUE}@db/aleo"')
+    ws.config("broken.json5", raw=f'{{password: "{SECRET_VALUE}", libpath: ')
+    outputs = []
+    for args in (("validate",), ("plan",), ("plan", "-o", "json"), ("apply",),
+                 ("status",), ("status", "-o", "json"), ("apply", "-o", "json")):
+        result = cli(*args, node=node)
+        outputs.append(result.out + result.err)
+    ledger = (ws.state / "ledger.json").read_text()
+    for text in [*outputs, ledger]:
+        assert SECRET_VALUE not in text
+        assert node.token not in text
+
+
+def test_an_apply_waits_for_the_pass_in_flight(ws, node):
+    ws.config("postgres.json5", name="postgres")
+    store = LedgerStore(ws.state)
+    env = {**os.environ, "SLIPSTREAM_CONFIG_DIR": str(ws.conf),
+           "SLIPSTREAM_STATE_DIR": str(ws.state), "SLIPSTREAM_NODE_URL": node.url,
+           "SLIPSTREAM_JWT_TOKEN_FILE": str(node.token_file)}
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "reconciler"]
+    with store.lock():
+        proc = subprocess.Popen([*command, "apply"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        first_line = proc.stderr.readline()
+        assert "waiting for the pass in flight" in first_line
+        assert proc.poll() is None and "postgres" not in node.manager.names()
+    assert proc.wait(timeout=30) == 0
+    assert "postgres" in node.manager.names()
+
+
+def test_help_names_every_environment_variable(cli):
+    text = cli("apply", "--help").out
+    for variable in ("SLIPSTREAM_CONFIG_DIR", "SLIPSTREAM_NODE_URL", "SLIPSTREAM_NETWORK",
+                     "SLIPSTREAM_API", "SLIPSTREAM_JWT_TOKEN_FILE", "SLIPSTREAM_JWT_SECRET_FILE",
+                     "SLIPSTREAM_STATE_DIR", "SLIPSTREAM_NODE_CONFIG_DIR", "SLIPSTREAM_MAX_RPS"):
+        assert variable in text
+
+
+@pytest.mark.parametrize("args", [("plan", "--network", "moonnet"), ("plan", "--api", "v9"),
+                                  ("plan", "--node-url", "ftp://x")])
+def test_bad_settings_exit_1_never_2(cli, args):
+    result = cli(*args)
+    assert result.code == 1
+    no_traceback(result)
