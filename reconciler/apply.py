@@ -111,8 +111,8 @@ class Reconciler:
                 outcomes = execute(the_plan, self.client, self.store, snap.ledger,
                                    self.reader, self.settings.node_path, on_outcome)
             finally:
-                self.store.compact()
-                self.store.close()
+                if self.store.dirty:
+                    self.store.compact()
             return PassResult(the_plan, outcomes, mark, tuple(snap.live))
 
 

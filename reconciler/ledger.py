@@ -86,6 +86,7 @@ class LedgerStore:
         self._generation = 0
         self._seq = 0
         self._journal_fd: int | None = None
+        self._journal_current = False  # the journal on disk extends the snapshot we read
 
     # -- reading ---------------------------------------------------------------
     def load(self) -> Ledger:
@@ -125,6 +126,7 @@ class LedgerStore:
         return data
 
     def _replay_journal(self) -> None:
+        self._journal_current = False
         try:
             raw = self.journal_path.read_bytes()
         except FileNotFoundError:
@@ -148,6 +150,7 @@ class LedgerStore:
             return
         if events[0].get("generation") != self._generation:
             return  # written before the snapshot we read: already folded in
+        self._journal_current = True
         for event in events[1:]:
             self._apply_event(event)
 
@@ -217,10 +220,17 @@ class LedgerStore:
     def _open_journal(self) -> None:
         self._ensure_dir()
         fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        if not self._journal_current:
+            os.ftruncate(fd, 0)  # a stale or torn journal: appending would hide our events
         if os.fstat(fd).st_size == 0:
             begin = {"op": "begin", "generation": self._generation}
             os.write(fd, json.dumps(begin).encode() + b"\n")
         self._journal_fd = fd
+
+    @property
+    def dirty(self) -> bool:
+        """Whether this process journalled anything since the last compaction."""
+        return self._journal_fd is not None
 
     def compact(self) -> None:
         """Folds the journal into a new snapshot: temp file, fsync, rename, fsync dir."""
@@ -238,6 +248,7 @@ class LedgerStore:
             self._journal_fd = None
         with contextlib.suppress(FileNotFoundError):
             os.truncate(self.journal_path, 0)
+        self._journal_current = False
 
     def close(self) -> None:
         if self._journal_fd is not None:

@@ -87,6 +87,20 @@ def test_a_journal_older_than_the_snapshot_is_not_replayed(tmp_path):
     assert LedgerStore(tmp_path).load().entries == {}
 
 
+def test_events_after_a_stale_journal_are_not_lost(tmp_path):
+    store = LedgerStore(tmp_path)
+    store.load()
+    store.record_put(entry("a"))
+    journal = (tmp_path / "ledger.journal").read_bytes()
+    store.compact()
+    (tmp_path / "ledger.journal").write_bytes(journal)  # the crash left the old journal
+    next_process = LedgerStore(tmp_path)
+    next_process.load()
+    next_process.record_put(entry("b"))
+    # nothing compacted yet: b lives only in the journal, and must be replayed
+    assert set(LedgerStore(tmp_path).load().entries) == {"a", "b"}
+
+
 def test_each_action_appends_one_line_and_never_rewrites_the_snapshot(tmp_path):
     store = LedgerStore(tmp_path)
     store.load()
