@@ -30,6 +30,8 @@ class Outcome:
     ok: bool
     message: str
     name: str | None = None  # the name the plugin has now (for a load: the node's answer)
+    unloaded: str | None = None  # what this change really took off the node
+    loaded: str | None = None  # and what it really put on, whether or not it succeeded
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,18 @@ class PassResult:
     outcomes: tuple[Outcome, ...] = ()
     fingerprint: str = ""
     live: tuple[str, ...] = ()
+    desired: Desired | None = None
+    stopped: bool = False  # a stop request ended the pass between two calls
+
+    @property
+    def live_after(self) -> frozenset[str]:
+        """The node's plugins once the pass is done, from what each call really did."""
+        live = set(self.live)
+        for outcome in self.outcomes:
+            live.discard(outcome.unloaded)
+            if outcome.loaded is not None:
+                live.add(outcome.loaded)
+        return frozenset(live)
 
     @property
     def failures(self) -> tuple[Outcome, ...]:
@@ -97,7 +111,8 @@ class Reconciler:
 
     def run_pass(self, expect_fingerprint: str | None = None,
                  on_wait: Callable[[], None] | None = None,
-                 on_outcome: Callable[[Outcome], None] | None = None) -> PassResult:
+                 on_outcome: Callable[[Outcome], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> PassResult:
         with self.store.lock(on_wait):
             snap = self.snapshot()
             the_plan = plan(snap.desired, snap.live, snap.ledger, self.policy)
@@ -106,22 +121,27 @@ class Reconciler:
                 raise StalePlanError("stale plan: the node's plugins, the config files or the "
                                      "ledger changed since the plan was saved; make a new plan")
             if the_plan.blocked is not None:
-                return PassResult(the_plan, (), mark, tuple(snap.live))
+                return PassResult(the_plan, (), mark, tuple(snap.live), snap.desired)
             try:
                 outcomes = execute(the_plan, self.client, self.store, snap.ledger,
-                                   self.reader, self.settings.node_path, on_outcome)
+                                   self.reader, self.settings.node_path, on_outcome,
+                                   should_stop)
             finally:
                 if self.store.dirty:
                     self.store.compact()
-            return PassResult(the_plan, outcomes, mark, tuple(snap.live))
+            stopped = len(outcomes) < len(the_plan.changes)
+            return PassResult(the_plan, outcomes, mark, tuple(snap.live), snap.desired, stopped)
 
 
 def execute(the_plan: Plan, client: NodeClient, store: LedgerStore, ledger: Ledger,
             reader: DirectoryReader, node_path: Callable[[str], str],
-            on_outcome: Callable[[Outcome], None] | None = None) -> tuple[Outcome, ...]:
+            on_outcome: Callable[[Outcome], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> tuple[Outcome, ...]:
     run = _Run(client, store, ledger, reader, node_path)
     outcomes = []
     for change in the_plan.changes:
+        if should_stop is not None and should_stop():
+            break  # between two calls: nothing is left half-done
         outcome = run.do(change)
         outcomes.append(outcome)
         if on_outcome is not None:
@@ -163,11 +183,11 @@ class _Run:
                 return Outcome(change, False, f"the node says {name!r} is not loaded, yet lists "
                                "it", name)
             self.store.record_remove(name, seq)
-            return Outcome(change, True, "unloaded (it was already gone)")
+            return Outcome(change, True, "unloaded (it was already gone)", unloaded=name)
         except (Rejected, AlreadyLoaded) as exc:
             return Outcome(change, False, f"unload failed: {exc}", name)
         self.store.record_remove(name, seq)
-        return Outcome(change, True, "unloaded")
+        return Outcome(change, True, "unloaded", unloaded=name)
 
     def _replace(self, change: Change) -> Outcome:
         fresh = self.reader.reread(change.config_file)
@@ -181,8 +201,9 @@ class _Run:
         loaded = self._load(change, fresh)
         if not loaded.ok:
             return Outcome(change, False, f"unloaded, but the new config failed to load: "
-                           f"{loaded.message}", change.name)
-        return Outcome(change, True, f"replaced ({change.reason})", loaded.name)
+                           f"{loaded.message}", change.name, unloaded=unloaded.unloaded)
+        return Outcome(change, True, f"replaced ({change.reason})", loaded.name,
+                       unloaded=unloaded.unloaded, loaded=loaded.loaded)
 
     def _load(self, change: Change, plugin: DesiredPlugin) -> Outcome:
         seq = self.store.record_intent("load", plugin.name, plugin.config_file,
@@ -198,7 +219,7 @@ class _Run:
         except NodeError:
             raise  # the node as a whole: the intent stays, the next pass resolves it
         self.store.record_put(_entry(plugin, name), seq)
-        return Outcome(change, True, f"loaded as {name}", name)
+        return Outcome(change, True, f"loaded as {name}", name, loaded=name)
 
     def _already_loaded(self, change: Change, plugin: DesiredPlugin, seq: int,
                         exc: AlreadyLoaded) -> Outcome:
@@ -206,7 +227,8 @@ class _Run:
         live = set(self.client.list())
         if plugin.name is not None and plugin.name in live and exc.name == plugin.name:
             self.store.record_put(_entry(plugin, plugin.name), seq)
-            return Outcome(change, True, "already loaded: now managed", plugin.name)
+            return Outcome(change, True, "already loaded: now managed", plugin.name,
+                           loaded=plugin.name)
         managed_elsewhere = self.store.current().entries.get(exc.name)
         if (plugin.name is None and exc.name in live and (
                 managed_elsewhere is None or managed_elsewhere.config_file == plugin.config_file)):
@@ -216,7 +238,8 @@ class _Run:
             how = ("an interrupted load" if plugin.config_file in self.interrupted
                    else "its library was already loaded")
             self.store.record_put(_entry(plugin, exc.name), seq)
-            return Outcome(change, True, f"adopted {exc.name} ({how}): now managed", exc.name)
+            return Outcome(change, True, f"adopted {exc.name} ({how}): now managed", exc.name,
+                           loaded=exc.name)
         self._abandon(plugin, seq)
         other = f"plugin {exc.name!r}" if exc.name else "another plugin"
         return Outcome(change, False, f"load refused: {other} already holds this name or "

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import traceback
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -352,24 +353,103 @@ def status(
     """
     from reconciler import render
     from reconciler.apply import Reconciler
-    from reconciler.plan import in_sync, statuses
+    from reconciler.daemon import read_record, running
+    from reconciler.plan import Hold, in_sync, statuses
 
     settings = _settings(config_dir, node_url, network, api, jwt_token_file, jwt_secret_file,
                          state_dir, node_config_dir, max_rps, timeout)
-    reconciler = Reconciler(settings, _policy(prune, False, None))
+    record = read_record(settings.state)
+    alive = record is not None and running(record)
+    holds = tuple(Hold(h["config_file"], h["config_sha256"], h["library_sha256"], h["reason"])
+                  for h in (record or {}).get("holds", []) if alive)
+    policy = _policy(prune, False, None)
+    reconciler = Reconciler(settings, replace(policy, hold=holds))
     the_plan, _ = reconciler.plan()
     rows = statuses(the_plan)
     prefix = reconciler.client.prefix
     meta = {"node": settings.shown_url, "network": settings.network, "api_prefix": prefix,
-            "config_dir": str(config_dir.absolute()), "in_sync": in_sync(rows)}
+            "config_dir": str(config_dir.absolute()), "in_sync": in_sync(rows),
+            "daemon": render.daemon_json(record, alive)}
     if output is Output.json:
         _emit(render.status_json(rows, meta))
     else:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(render.status_counts(rows).items()))
         footer = (f"node {settings.shown_url} · network {settings.network} · api {prefix} · "
                   f"{counts or 'no plugins'}")
+        daemon_line = render.daemon_line(record, alive)
+        if daemon_line:
+            footer += "\n" + daemon_line
         typer.echo(render.status_text(rows, str(config_dir.absolute()), footer))
     raise typer.Exit(OK if in_sync(rows) else CHANGES)
+
+
+# -- run: the daemon -----------------------------------------------------------------
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+@app.command()
+@guarded
+def run(
+    config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR), node_url: NodeUrl = DEFAULT_NODE_URL,
+    network: Network = "mainnet", api: ApiOpt = Api.auto, jwt_token_file: TokenFile = None,
+    jwt_secret_file: SecretFile = None, state_dir: StateDir = None,
+    node_config_dir: NodeConfigDir = None, max_rps: MaxRps = 10.0, timeout: Timeout = 10.0,
+    prune: PruneArg = PruneOpt.managed, allow_empty: AllowEmpty = False,
+    max_unloads: MaxUnloads = None,
+    debounce: Annotated[float, typer.Option(
+        "--debounce", envvar="SLIPSTREAM_DEBOUNCE",
+        help="Quiet period after the last file event before a pass (seconds).")] = 0.25,
+    max_wait: Annotated[float, typer.Option(
+        "--max-wait", envvar="SLIPSTREAM_MAX_WAIT",
+        help="Longest wait after the first file event of a burst (seconds).")] = 2.0,
+    probe_interval: Annotated[float, typer.Option(
+        "--probe-interval", envvar="SLIPSTREAM_PROBE_INTERVAL",
+        help="How often to list the node's plugins and scan the directory (seconds).")] = 2.0,
+    resync_interval: Annotated[float, typer.Option(
+        "--resync-interval", envvar="SLIPSTREAM_RESYNC_INTERVAL",
+        help="A full pass at least this often, +-10 % jitter (seconds).")] = 60.0,
+    max_backoff: Annotated[float, typer.Option(
+        "--max-backoff", envvar="SLIPSTREAM_MAX_BACKOFF",
+        help="Longest wait between retries after failures (seconds).")] = 60.0,
+    metrics_address: Annotated[str, typer.Option(
+        "--metrics-address", envvar="SLIPSTREAM_METRICS_ADDRESS",
+        help="HOST:PORT for /metrics and /healthz, or 'off'.")] = "127.0.0.1:9479",
+    watch: Annotated[bool, typer.Option(
+        "--watch/--no-watch", envvar="SLIPSTREAM_WATCH",
+        help="Use inotify; --no-watch relies on the scan every probe interval (NFS, FUSE).")]
+    = True,
+    log_format: Annotated[LogFormat, typer.Option(
+        "--log-format", envvar="SLIPSTREAM_LOG_FORMAT", help="text or json.")] = LogFormat.text,
+    log_level: Annotated[str, typer.Option(
+        "--log-level", envvar="SLIPSTREAM_LOG_LEVEL", help="debug, info, warning, error.")]
+    = "info",
+) -> None:
+    """Run the daemon: watch the directory, probe the node, converge on every change.
+
+    Example: slipstream-reconciler run   (settings from SLIPSTREAM_* variables, as under
+    systemd's EnvironmentFile=). SIGHUP runs a pass now; SIGTERM stops within 5 s.
+    Exits 0 when stopped; 1 only for bad settings at start-up.
+    """
+    from reconciler import logs
+    from reconciler.daemon import Daemon, DaemonOptions
+
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"--log-level must be debug, info, warning or error, not "
+                            f"{log_level!r}")
+    for option, value in (("--debounce", debounce), ("--max-wait", max_wait),
+                          ("--probe-interval", probe_interval),
+                          ("--resync-interval", resync_interval),
+                          ("--max-backoff", max_backoff)):
+        if value <= 0:
+            raise SettingsError(f"{option} must be more than 0")
+    logs.setup(log_format.value, "debug" if _debug["on"] else log_level)
+    settings = _settings(config_dir, node_url, network, api, jwt_token_file, jwt_secret_file,
+                         state_dir, node_config_dir, max_rps, timeout)
+    options = DaemonOptions(debounce, max_wait, probe_interval, resync_interval, max_backoff,
+                            None if metrics_address == "off" else metrics_address, watch)
+    raise typer.Exit(Daemon(settings, _policy(prune, allow_empty, max_unloads), options).run())
 
 
 # -- node: the reference node -----------------------------------------------------------

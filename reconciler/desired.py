@@ -128,6 +128,9 @@ class DirectoryReader:
                                         "after it is loaded; set `name` to make plans exact"))
             plugins.append(plugin)
         plugins, duplicates = _without_duplicates(plugins)
+        used = {p.libpath for p in plugins}
+        for path in [p for p in self._libraries if p not in used]:
+            del self._libraries[path]  # only what this read used is watched for rebuilds
         return Desired(directory, tuple(plugins), tuple(problems + duplicates), tuple(warnings))
 
     def reread(self, path: str) -> DesiredPlugin | Problem:
@@ -158,6 +161,22 @@ class DirectoryReader:
             raise _Invalid("`name` must be a non-empty string without control characters")
         resolved = os.path.normpath(os.path.join(os.path.dirname(path), libpath))
         return DesiredPlugin(path, name, resolved, digest, self.library_sha256(resolved, libpath))
+
+    def libraries_changed(self) -> bool:
+        """Whether any library hashed by the last read has changed on disk since: one
+        stat each, compared with the identity its hash was taken at."""
+        try:
+            known = list(self._libraries.items())
+        except RuntimeError:  # a read is under way in another thread: it will tell
+            return False
+        for path, (key, _) in known:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return True
+            if key != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                return True
+        return False
 
     def library_sha256(self, resolved: str, as_written: str) -> str:
         try:

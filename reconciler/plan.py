@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from reconciler.desired import Desired, DesiredPlugin, Problem
@@ -38,10 +38,22 @@ class Prune(StrEnum):
 
 
 @dataclass(frozen=True)
+class Hold:
+    """A load that keeps failing for the same config and library: not retried until one
+    of them (or the node) changes. The daemon keeps these; plan() only honours them."""
+
+    config_file: str
+    config_sha256: str
+    library_sha256: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Policy:
     prune: Prune = Prune.MANAGED
     allow_empty: bool = False
     max_unloads: int | None = None
+    hold: tuple[Hold, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,9 +102,11 @@ def plan(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger,
     # The node holds one plugin per library: an entry on the same library whose file is
     # gone is this file's plugin, renamed or moved.
     by_library = {e.libpath: e for e in ledger.entries.values() if e.config_file not in files}
+    holds = {(h.config_file, h.config_sha256, h.library_sha256): h for h in policy.hold}
     claimed: set[str] = set()
     changes: list[Change] = []
     in_sync: list[Change] = []
+    held: list[Change] = []
 
     for plugin in desired.plugins:
         entry = ledger.entries.get(plugin.name) if plugin.name is not None else None
@@ -103,9 +117,12 @@ def plan(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger,
         if entry is not None:
             claimed.add(entry.name)
         change = _for_desired(plugin, entry, live_set)
-        (in_sync if change.action is Action.NOOP else changes).append(change)
+        hold = holds.get((plugin.config_file, plugin.config_sha256, plugin.library_sha256))
+        if hold is not None and change.action in (Action.LOAD, Action.REPLACE):
+            held.append(replace(change, reason=f"stalled: {hold.reason}"))
+        else:
+            (in_sync if change.action is Action.NOOP else changes).append(change)
 
-    held: list[Change] = []
     protected: list[Change] = []
     invalid_files = desired.invalid_files
     for entry in ledger.entries.values():
@@ -216,10 +233,19 @@ class PluginStatus:
     detail: str
 
 
+def _state(change: Change, p: Plan, held: bool) -> str:
+    if held and change.action in (Action.LOAD, Action.REPLACE):
+        return "stalled"
+    if p.blocked is not None and change.action is Action.UNLOAD:
+        return "blocked"
+    return STATE_OF[change.action]
+
+
 def statuses(p: Plan) -> tuple[PluginStatus, ...]:
     rows = [PluginStatus(c.name, c.config_file, "in-sync", "") for c in p.in_sync]
-    rows += [PluginStatus(c.name, c.config_file, STATE_OF[c.action], c.reason)
-             for c in (*p.changes, *p.held) if c.action in STATE_OF]
+    rows += [PluginStatus(c.name, c.config_file, _state(c, p, held), c.reason)
+             for held, group in ((False, p.changes), (True, p.held))
+             for c in group if c.action in STATE_OF]
     protected = {c.config_file: c.name for c in p.protected}
     rows += [PluginStatus(protected.get(problem.file), problem.file, "invalid", problem.brief)
              for problem in p.invalid]
@@ -230,3 +256,4 @@ def statuses(p: Plan) -> tuple[PluginStatus, ...]:
 
 def in_sync(rows: tuple[PluginStatus, ...]) -> bool:
     return all(r.state in ("in-sync", "unmanaged") for r in rows)
+

@@ -8,6 +8,7 @@ Only names, file paths, actions and reasons are ever shown: plugin-specific conf
 from __future__ import annotations
 
 import os
+import time
 
 from reconciler.apply import Outcome, PassResult
 from reconciler.desired import Desired, Problem
@@ -193,3 +194,29 @@ def validate_json(desired: Desired) -> dict:
         "invalid": [problem_json(p) for p in desired.invalid],
         "warnings": [problem_json(w) for w in desired.warnings],
     }
+
+
+def daemon_line(record: dict | None, alive: bool) -> str | None:
+    """'daemon: last pass 3 s ago, ok' — from daemon.json, when a daemon has run."""
+    if record is None:
+        return None
+    last = record.get("last_pass") or {}
+    ago = time.time() - float(last.get("ended_at") or 0)
+    state = "" if alive else "not running; "
+    return (f"daemon: {state}last pass {_ago(ago)} ago, {last.get('result', '?')} "
+            f"({record.get('summary', '')})")
+
+
+def daemon_json(record: dict | None, alive: bool) -> dict | None:
+    if record is None:
+        return None
+    return {"running": alive, "pid": record.get("pid"), "summary": record.get("summary"),
+            "last_pass": record.get("last_pass"), "next_retry_at": record.get("next_retry_at")}
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{max(0, round(seconds))} s"
+    if seconds < 7200:
+        return f"{round(seconds / 60)} min"
+    return f"{round(seconds / 3600)} h"

@@ -1,0 +1,88 @@
+"""Prometheus metrics and a health check, on their own small HTTP server.
+
+prometheus-client does the exposition format, histograms and registry (a well-kept
+library doing a job better than code we would write); the server is ours only so that
+/healthz can answer from the loop's heartbeat on the same port."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+PREFIX = "slipstream_reconciler"
+STATES = ("in-sync", "pending-load", "pending-replace", "pending-unload", "pending-adopt",
+          "unmanaged", "invalid", "stalled", "blocked")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.passes = Counter(f"{PREFIX}_passes", "Reconcile passes, by what triggered them "
+                              "and how they ended.", ["trigger", "result"], registry=r)
+        self.pass_seconds = Histogram(f"{PREFIX}_pass_duration_seconds",
+                                      "Duration of a reconcile pass.", registry=r,
+                                      buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5,
+                                               10, 30, 60, 120))
+        self.event_to_applied = Histogram(
+            f"{PREFIX}_event_to_applied_seconds",
+            "From the first file event of a batch to its changes being applied.", registry=r,
+            buckets=(.05, .1, .2, .3, .4, .5, .75, 1, 1.5, 2, 3, 5, 10, 30))
+        self.plugins = Gauge(f"{PREFIX}_plugins", "Plugins by state after the last pass.",
+                             ["state"], registry=r)
+        self.node_up = Gauge(f"{PREFIX}_node_up", "1 when the node answered the last request.",
+                             registry=r)
+        self.http = Counter(f"{PREFIX}_http_requests", "Requests to the node, by method and "
+                            "status (0: no answer).", ["method", "status"], registry=r)
+        self.last_success = Gauge(f"{PREFIX}_last_successful_pass_timestamp_seconds",
+                                  "Unix time of the last pass that converged.", registry=r)
+        for state in STATES:
+            self.plugins.labels(state).set(0)
+
+    def set_states(self, counts: dict[str, int]) -> None:
+        for state in STATES:
+            self.plugins.labels(state).set(counts.get(state, 0))
+
+
+class MetricsServer:
+    def __init__(self, metrics: Metrics, address: str, healthy: Callable[[], bool]) -> None:
+        host, _, port = address.rpartition(":")
+        metrics_ref, healthy_ref = metrics, healthy
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] == "/metrics":
+                    body, status = generate_latest(metrics_ref.registry), 200
+                    kind = CONTENT_TYPE_LATEST
+                elif self.path == "/healthz":
+                    ok = healthy_ref()
+                    body, status, kind = (b"ok\n" if ok else b"loop stalled\n",
+                                          200 if ok else 503, "text/plain")
+                else:
+                    body, status, kind = b"not found\n", 404, "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+        self.server.daemon_threads = True
+        self.address = f"{self.server.server_address[0]}:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.2,),
+                                        name="metrics", daemon=True)
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,430 @@
+"""The daemon as a subprocess, real files, a real reference node: every trigger and save
+pattern, restarts, failures and the systemd interface. Every wait is for a state, with a
+deadline."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from reconciler.ledger import LedgerStore
+from tests.conftest import SCRIPT, wait_for
+
+FAST = ["--debounce", "0.05", "--max-wait", "0.5", "--probe-interval", "0.2",
+        "--resync-interval", "30", "--max-backoff", "1"]
+
+
+class DaemonProcess:
+    def __init__(self, ws, node, args=(), env=None, node_url=None) -> None:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("SLIPSTREAM_")}
+        environment.update({
+            "SLIPSTREAM_CONFIG_DIR": str(ws.conf), "SLIPSTREAM_STATE_DIR": str(ws.state),
+            "SLIPSTREAM_NODE_URL": node_url or node.url, "SLIPSTREAM_MAX_RPS": "0",
+            "SLIPSTREAM_JWT_TOKEN_FILE": str(node.token_file if node else ws.node_data /
+                                             "token.txt"),
+            "SLIPSTREAM_METRICS_ADDRESS": "127.0.0.1:0",
+        })
+        environment.update(env or {})
+        command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "reconciler"]
+        self.proc = subprocess.Popen([*command, "run", *FAST, *args], env=environment,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, stdin=subprocess.DEVNULL)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.state = ws.state
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def metrics_url(self) -> str:
+        found = wait_for(lambda: re.search(r"metrics on (http://\S+)/metrics", self.log),
+                         message="the metrics address in the log")
+        return found.group(1)
+
+    def record(self) -> dict | None:
+        try:
+            return json.loads((self.state / "daemon.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            self._reader.join(timeout=2)
+
+
+@pytest.fixture
+def daemon(ws):
+    started: list[DaemonProcess] = []
+
+    def start(node, *args, **kw) -> DaemonProcess:
+        d = DaemonProcess(ws, node, args, **kw)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+def names(node) -> set[str]:
+    return set(node.manager.names())
+
+
+def loaded(node, *expected: str):
+    return lambda: set(expected) <= names(node)
+
+
+def mutating(node) -> list[tuple[str, str]]:
+    return [(r.method, r.path.rsplit("/", 1)[-1] if r.method == "DELETE" else r.body)
+            for r in node.requests if r.method in ("POST", "DELETE")]
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def config_text(lib: str, name: str | None, extra: str = "") -> str:
+    fields = [f'libpath: "../libs/lib{lib}.so"'] + ([f'name: "{name}"'] if name else [])
+    return "{" + ", ".join(fields + ([extra] if extra else [])) + "}"
+
+
+def managed_config(ws, name: str) -> str | None:
+    entry = LedgerStore(ws.state).load().entries.get(name)
+    return entry.config_sha256 if entry else None
+
+
+# -- triggers and save patterns -----------------------------------------------------------
+def test_a_dropped_file_is_loaded_with_the_default_timings(ws, node, daemon):
+    d = daemon(node, "--debounce", "0.25", "--max-wait", "2")
+    wait_for(lambda: d.record(), message="the first pass")
+    ws.library("postgres")
+    atomic_write(ws.conf / "postgres.json5", config_text("postgres", "postgres"))
+    wait_for(loaded(node, "postgres"), message="postgres loaded")
+
+
+def test_delete_then_recreate_save_replaces_without_a_lone_unload(ws, node, daemon):
+    ws.config("a.json5", name="a")
+    d = daemon(node)
+    wait_for(loaded(node, "a"))
+    before = len(mutating(node))
+    os.remove(ws.conf / "a.json5")
+    ws.config("a.json5", name="a", extra="batch: 2")
+    wait_for(lambda: applied(ws, node, "a"), message="the replace")
+    assert [m[0] for m in mutating(node)[before:]] == ["DELETE", "POST"]
+    assert d.proc.poll() is None
+
+
+def applied(ws, node, name: str) -> bool:
+    """The file as it is now is what the ledger says is loaded, and it is loaded."""
+    return name in names(node) and managed_config(ws, name) == _sha(ws.conf / f"{name}.json5")
+
+
+def test_in_place_writes_in_chunks_apply_the_final_content(ws, node, daemon):
+    ws.config("a.json5", name="a")
+    daemon(node)
+    wait_for(loaded(node, "a"))
+    text = config_text("a", "a", 'note: "' + "x" * 4000 + '"')
+    with open(ws.conf / "a.json5", "w") as handle:
+        for i in range(0, len(text), 1000):
+            handle.write(text[i:i + 1000])
+            handle.flush()
+            time.sleep(0.02)  # a slow writer, not a synchronisation
+    wait_for(lambda: applied(ws, node, "a"), message="the final content applied")
+    assert [m[0] for m in mutating(node)].count("DELETE") <= 2
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_git_checkout_switches_the_whole_set(ws, node, daemon):
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def run(*args):
+        subprocess.run([git, *args], cwd=ws.conf, env=env, check=True, capture_output=True)
+
+    run("init", "-q", "-b", "one")
+    ws.config("a.json5", name="a")
+    ws.config("b.json5", name="b")
+    run("add", ".")
+    run("commit", "-qm", "one")
+    run("checkout", "-qb", "two")
+    os.remove(ws.conf / "a.json5")
+    ws.config("c.json5", name="c")
+    ws.config("b.json5", name="b", extra="v: 2")
+    run("add", "-A")
+    run("commit", "-qm", "two")
+    run("checkout", "-q", "one")
+    daemon(node)
+    wait_for(lambda: names(node) == {"startup", "a", "b"}, message="branch one")
+    run("checkout", "-q", "two")
+    wait_for(lambda: names(node) == {"startup", "b", "c"} and applied(ws, node, "b"),
+             message="branch two")
+
+
+def test_rsync_style_temp_names_then_renames(ws, node, daemon):
+    daemon(node)
+    wait_for(lambda: (ws.state / "daemon.json").exists())
+    source = ws.root / "source"
+    source.mkdir()
+    ws.library("r1")
+    ws.library("r2")
+    for name in ("r1", "r2"):
+        (source / f"{name}.json5").write_text(config_text(name, name))
+    rsync = shutil.which("rsync")
+    if rsync:
+        subprocess.run([rsync, "-a", f"{source}/", f"{ws.conf}/"], check=True)
+    else:  # rsync's own pattern: a hidden temp file per file, then a rename
+        for path in source.iterdir():
+            tmp = ws.conf / f".{path.name}.Xa8Jk2"
+            shutil.copy(path, tmp)
+            os.rename(tmp, ws.conf / path.name)
+    wait_for(loaded(node, "r1", "r2"))
+
+
+def test_a_configmap_volume_swap(ws, node, daemon):
+    ws.library("cm")
+
+    def publish(version: int, extra: str) -> None:
+        data = ws.conf / f"..2026_11_25_00_00_0{version}.{version}"
+        data.mkdir()
+        (data / "cm.json5").write_text(config_text("cm", "cm", extra))
+        tmp = ws.conf / "..data_tmp"
+        tmp.symlink_to(data.name)
+        os.replace(tmp, ws.conf / "..data")  # the atomic swap the kubelet does
+        link = ws.conf / "cm.json5"
+        if not link.is_symlink():
+            link.symlink_to("..data/cm.json5")
+
+    publish(1, "v: 1")
+    daemon(node)
+    wait_for(loaded(node, "cm"))
+    first = managed_config(ws, "cm")
+    publish(2, "v: 2")
+    shutil.rmtree(ws.conf / "..2026_11_25_00_00_01.1")
+    wait_for(lambda: applied(ws, node, "cm") and managed_config(ws, "cm") != first,
+             message="the new version")
+
+
+def test_the_directory_deleted_and_recreated(ws, node, daemon):
+    ws.config("a.json5", name="a")
+    d = daemon(node)
+    wait_for(loaded(node, "a"))
+    shutil.rmtree(ws.conf)
+    wait_for(lambda: (d.record() or {}).get("last_pass", {}).get("result") == "blocked",
+             message="a blocked pass")
+    assert "a" in names(node)  # a missing directory never unloads anything
+    ws.conf.mkdir()
+    ws.config("b.json5", name="b")
+    ws.config("a.json5", name="a")
+    wait_for(loaded(node, "a", "b"), message="the recreated directory applied")
+
+
+def test_without_inotify_the_scan_still_sees_changes(ws, node, daemon):
+    daemon(node, "--no-watch")
+    wait_for(lambda: (ws.state / "daemon.json").exists())
+    ws.config("a.json5", name="a")
+    wait_for(loaded(node, "a"), message="the scan to notice")
+    ws.library("a", b"rebuilt")
+    before = len(mutating(node))
+    wait_for(lambda: len(mutating(node)) >= before + 2, message="the library rebuild")
+
+
+def test_sighup_runs_a_pass_now(ws, node, daemon):
+    d = daemon(node, "--no-watch", "--probe-interval", "3600")
+    wait_for(lambda: (ws.state / "daemon.json").exists())
+    ws.config("a.json5", name="a")
+    d.signal(signal.SIGHUP)
+    wait_for(loaded(node, "a"), timeout=5)
+    assert d.record()["last_pass"]["trigger"] == "sighup"
+
+
+# -- the node misbehaving ----------------------------------------------------------------
+def test_a_node_restart_is_noticed_and_repaired(ws, node, daemon):
+    ws.config("a.json5", name="a")
+    ws.config("b.json5", name="b")
+    daemon(node)
+    wait_for(loaded(node, "a", "b"))
+    node.restart()
+    assert names(node) == {"startup"}
+    wait_for(loaded(node, "a", "b"), message="re-converged after the restart")
+
+
+def test_a_hand_unload_is_put_back(ws, node, daemon):
+    ws.config("a.json5", name="a")
+    d = daemon(node)
+    wait_for(loaded(node, "a"))
+    node.manager.unload("a")
+    wait_for(loaded(node, "a"), message="put back")
+    assert "missing from the node" in d.log
+
+
+def test_a_node_down_at_start_is_waited_for(ws, make_node, daemon):
+    ws.config("a.json5", name="a")
+    node = make_node()
+    url, port = node.url, node.port
+    node.stop()
+    d = daemon(node, node_url=url)
+    wait_for(lambda: (d.record() or {}).get("last_pass", {}).get("result") == "error",
+             message="a failed pass")
+    record = d.record()
+    assert "retrying in" in record["summary"] and record["next_retry_at"] is not None
+    assert record["node_up"] is False
+    node.options.port = port
+    node.port = port
+    node.start()
+    wait_for(loaded(node, "a"), message="converged once the node is up")
+    assert d.proc.poll() is None
+
+
+def test_a_broken_file_unloads_nothing(ws, node, daemon):
+    ws.config("a.json5", name="a")
+    d = daemon(node)
+    wait_for(loaded(node, "a"))
+    (ws.conf / "a.json5").write_text('{libpath: "../libs/liba.so", name: ')
+    wait_for(lambda: (d.record() or {}).get("last_pass", {}).get("result") == "invalid",
+             message="the invalid file noticed")
+    assert "a" in names(node)
+    assert [m for m in mutating(node) if m[0] == "DELETE"] == []
+    plugins = {p["name"]: p for p in d.record()["plugins"]}
+    assert plugins["a"]["state"] == "invalid"
+
+
+def test_a_load_that_keeps_failing_stalls_until_the_library_changes(ws, node, daemon, cli):
+    ws.library("bad", b"slipstream:on-load-fails")
+    ws.config("bad.json5", name="bad", lib="bad")
+    d = daemon(node, "--max-backoff", "0.2")
+    wait_for(lambda: (d.record() or {}).get("holds"), timeout=30, message="stalled")
+    posts = len([m for m in mutating(node) if m[0] == "POST"])
+    assert posts == 5
+    status = cli("status", "-o", "json", node=node)
+    assert {p["name"]: p["state"] for p in status.json["plugins"]}["bad"] == "stalled"
+    assert "5 tries" in {p["name"]: p["detail"] for p in status.json["plugins"]}["bad"]
+    ws.library("bad", b"fixed")
+    wait_for(loaded(node, "bad"), message="retried after the rebuild")
+
+
+# -- life cycle, systemd, observability -----------------------------------------------------
+def test_sigterm_exits_0_promptly(ws, node, daemon):
+    d = daemon(node)
+    wait_for(lambda: (ws.state / "daemon.json").exists())
+    start = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=5) == 0
+    assert time.monotonic() - start < 5
+    assert "stopping" in d.log
+
+
+def test_sd_notify_ready_status_watchdog_stopping(ws, node, daemon, tmp_path):
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    messages: list[str] = []
+    d = daemon(node, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+
+    def receive_until(fragment: str) -> None:
+        while not any(fragment in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+
+    receive_until("READY=1")
+    ready = next(m for m in messages if "READY=1" in m)
+    assert "STATUS=in sync" in ready
+    receive_until("WATCHDOG=1")
+    d.signal(signal.SIGTERM)
+    receive_until("STOPPING=1")
+    sock.close()
+
+
+def test_metrics_and_healthz(ws, node, daemon):
+    ws.config("a.json5", name="a")
+    d = daemon(node)
+    wait_for(loaded(node, "a"))
+    base = d.metrics_url()
+    assert requests.get(base + "/healthz", timeout=5).status_code == 200
+    text = wait_for(lambda: (t := requests.get(base + "/metrics", timeout=5).text)
+                    and 'slipstream_reconciler_plugins{state="in-sync"} 1.0' in t and t,
+                    message="metrics after the pass")
+    for metric in ("slipstream_reconciler_passes_total", "slipstream_reconciler_node_up 1.0",
+                   "slipstream_reconciler_pass_duration_seconds_bucket",
+                   "slipstream_reconciler_event_to_applied_seconds_bucket",
+                   'slipstream_reconciler_http_requests_total{method="POST",status="200"}',
+                   "slipstream_reconciler_last_successful_pass_timestamp_seconds"):
+        assert metric in text
+    ws.config("b.json5", name="b")
+    wait_for(lambda: "slipstream_reconciler_event_to_applied_seconds_count 1.0" in
+             requests.get(base + "/metrics", timeout=5).text, message="event-to-applied")
+
+
+def test_status_shows_the_daemon(ws, node, daemon, cli):
+    daemon(node)
+    wait_for(lambda: (ws.state / "daemon.json").exists())
+    text = cli("status", node=node).out
+    assert re.search(r"daemon: last pass \d+ s ago, ok", text)
+
+
+def test_an_apply_while_the_daemon_runs_is_safe(ws, node, daemon, cli):
+    for i in range(5):
+        ws.config(f"p{i}.json5", name=f"p{i}")
+    daemon(node)
+    result = cli("apply", node=node)
+    assert result.code == 0, result.err
+    wait_for(loaded(node, *[f"p{i}" for i in range(5)]))
+    assert cli("plan", "--detailed-exitcode", node=node).code == 0
+
+
+def test_journald_lines_carry_no_timestamp_and_json_logs_parse(ws, node, daemon):
+    ws.config("a.json5", name="a")
+    d = daemon(node, env={"JOURNAL_STREAM": "8:1234"})
+    wait_for(lambda: any("loaded as a" in line for line in d.lines))
+    line = next(line for line in d.lines if "loaded as a" in line)
+    assert line.startswith("INFO load a")
+    d.stop()
+    os.remove(ws.conf / "a.json5")
+    ws.config("b.json5", name="b")
+    j = daemon(node, "--log-format", "json", "--allow-empty")
+    wait_for(lambda: any('"loaded as b"' in line or "loaded as b" in line for line in j.lines))
+    records = [json.loads(line) for line in j.lines if line.startswith("{")]
+    assert any(r["msg"].endswith("loaded as b") and r["level"] == "info" for r in records)
+
+
+def test_secrets_stay_out_of_the_daemon_log(ws, node, daemon):
+    ws.config("a.json5", name="a", extra='dsn: "postgres://u:hunter2-s3cret@h/db"')
+    d = daemon(node, "--log-level", "debug")
+    wait_for(loaded(node, "a"))
+    d.stop()
+    assert "hunter2-s3cret" not in d.log and node.token not in d.log
+    assert "hunter2-s3cret" not in (ws.state / "daemon.json").read_text()
