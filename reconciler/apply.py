@@ -11,17 +11,20 @@ manager) ends the pass, leaving the intent of the call in flight in the journal.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from reconciler.auth import token_source
 from reconciler.desired import Desired, DesiredPlugin, DirectoryReader, Problem
 from reconciler.errors import StalePlanError
-from reconciler.ledger import Entry, Ledger, LedgerStore
+from reconciler.ledger import Entry, FailedReplace, Ledger, LedgerStore
 from reconciler.node import AlreadyLoaded, NodeClient, NodeError, NotLoaded, Rejected
 from reconciler.plan import Action, Change, Plan, Policy, fingerprint, plan
 from reconciler.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,9 @@ class PassResult:
 
     @property
     def converged(self) -> bool:
-        return not self.failures and not self.plan.invalid and self.plan.blocked is None
+        waiting = any(c.held_as in ("failed-replace", "stalled") for c in self.plan.held)
+        return (not self.failures and not self.plan.invalid and self.plan.blocked is None
+                and not waiting)
 
 
 @dataclass
@@ -159,6 +164,7 @@ class _Run:
     def do(self, change: Change) -> Outcome:
         action = change.action
         if action is Action.ADOPT:
+            self._keep_copy(change.desired)
             self.store.record_put(_entry(change.desired, change.name))
             return Outcome(change, True, "adopted: now managed", change.name)
         if action is Action.FORGET:
@@ -200,10 +206,47 @@ class _Run:
             return Outcome(change, False, f"not replaced: {unloaded.message}", change.name)
         loaded = self._load(change, fresh)
         if not loaded.ok:
-            return Outcome(change, False, f"unloaded, but the new config failed to load: "
-                           f"{loaded.message}", change.name, unloaded=unloaded.unloaded)
+            return self._roll_back(change, fresh, loaded.message, unloaded.unloaded)
         return Outcome(change, True, f"replaced ({change.reason})", loaded.name,
                        unloaded=unloaded.unloaded, loaded=loaded.loaded)
+
+    def _roll_back(self, change: Change, fresh: DesiredPlugin, reason: str,
+                   unloaded: str | None) -> Outcome:
+        """The new config failed after the old plugin was unloaded: load the previously
+        applied config again, from the copy kept when it was applied, and remember that
+        this config failed so that it is not retried until the file or library changes."""
+        previous = change.entry
+        copy = self.store.copy_path(previous.config_sha256)
+        failed = FailedReplace(fresh.config_sha256, fresh.library_sha256, reason)
+        if not copy.exists():
+            return Outcome(change, False, f"replace failed ({reason}), and there is no copy "
+                           "of the previous config to roll back to; the plugin is not loaded",
+                           change.name, unloaded=unloaded)
+        seq = self.store.record_intent("load", previous.name, previous.config_file,
+                                       previous.config_sha256, previous.library_sha256,
+                                       previous.libpath)
+        try:
+            name = self.client.load(str(copy))
+        except (Rejected, AlreadyLoaded, NotLoaded) as exc:
+            self.store.record_remove(previous.name, seq)
+            return Outcome(change, False, f"replace failed ({reason}), and rolling back to the "
+                           f"previous config failed too ({exc}); the plugin is not loaded",
+                           change.name, unloaded=unloaded)
+        self.store.record_put(replace(previous, name=name, applied_at=time.time(),
+                                      failed_replace=failed), seq)
+        return Outcome(change, False, f"replace failed: {reason}; rolled back: the previous "
+                       "config runs again", name, unloaded=unloaded, loaded=name)
+
+    def _keep_copy(self, plugin: DesiredPlugin) -> None:
+        """What a failed replace will need: this config, its libpath made absolute."""
+        config = self.reader.parsed(plugin.config_sha256)
+        if config is None:
+            return
+        config["libpath"] = plugin.libpath
+        try:
+            self.store.save_copy(plugin.config_sha256, config)
+        except OSError as exc:
+            log.warning("cannot keep a copy of %s for rollbacks: %s", plugin.config_file, exc)
 
     def _load(self, change: Change, plugin: DesiredPlugin) -> Outcome:
         seq = self.store.record_intent("load", plugin.name, plugin.config_file,
@@ -219,6 +262,7 @@ class _Run:
         except NodeError:
             raise  # the node as a whole: the intent stays, the next pass resolves it
         self.store.record_put(_entry(plugin, name), seq)
+        self._keep_copy(plugin)
         return Outcome(change, True, f"loaded as {name}", name, loaded=name)
 
     def _already_loaded(self, change: Change, plugin: DesiredPlugin, seq: int,
@@ -227,6 +271,7 @@ class _Run:
         live = set(self.client.list())
         if plugin.name is not None and plugin.name in live and exc.name == plugin.name:
             self.store.record_put(_entry(plugin, plugin.name), seq)
+            self._keep_copy(plugin)
             return Outcome(change, True, "already loaded: now managed", plugin.name,
                            loaded=plugin.name)
         managed_elsewhere = self.store.current().entries.get(exc.name)
@@ -238,6 +283,7 @@ class _Run:
             how = ("an interrupted load" if plugin.config_file in self.interrupted
                    else "its library was already loaded")
             self.store.record_put(_entry(plugin, exc.name), seq)
+            self._keep_copy(plugin)
             return Outcome(change, True, f"adopted {exc.name} ({how}): now managed", exc.name,
                            loaded=exc.name)
         self._abandon(plugin, seq)

@@ -133,6 +133,11 @@ class DirectoryReader:
             del self._libraries[path]  # only what this read used is watched for rebuilds
         return Desired(directory, tuple(plugins), tuple(problems + duplicates), tuple(warnings))
 
+    def parsed(self, config_sha256: str) -> dict | None:
+        """The parsed config with these bytes, if this reader has read it."""
+        config = self._parsed.get(config_sha256)
+        return dict(config) if isinstance(config, dict) else None
+
     def reread(self, path: str) -> DesiredPlugin | Problem:
         """One file again, just before a change that depends on it (a replace)."""
         try:

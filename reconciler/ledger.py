@@ -35,6 +35,16 @@ FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
+class FailedReplace:
+    """A replace whose new config failed to load and was rolled back: not tried again
+    until the config or the library changes again."""
+
+    config_sha256: str
+    library_sha256: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Entry:
     name: str  # as the node returned it
     config_file: str
@@ -42,6 +52,7 @@ class Entry:
     library_sha256: str
     libpath: str
     applied_at: float
+    failed_replace: FailedReplace | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,7 @@ class LedgerStore:
         self.state_dir = Path(state_dir)
         self.snapshot_path = self.state_dir / "ledger.json"
         self.journal_path = self.state_dir / "ledger.journal"
+        self.copies_dir = self.state_dir / "configs"
         self._entries: dict[str, Entry] = {}
         self._pending: dict[int, Intent] = {}
         self._generation = 0
@@ -227,6 +239,26 @@ class LedgerStore:
             os.write(fd, json.dumps(begin).encode() + b"\n")
         self._journal_fd = fd
 
+    # -- copies of applied configs (what a failed replace rolls back to) -------------
+    def copy_path(self, config_sha256: str) -> Path:
+        return self.copies_dir / f"{config_sha256}.json"
+
+    def save_copy(self, config_sha256: str, config: dict) -> None:
+        """Kept private (0600 in a 0700 folder): plugin configs may hold passwords."""
+        path = self.copy_path(config_sha256)
+        if path.exists():
+            return
+        self.copies_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _atomic_write(path, json.dumps(config, indent=1).encode() + b"\n")
+
+    def _prune_copies(self) -> None:
+        referenced = {f"{e.config_sha256}.json" for e in self._entries.values()}
+        with contextlib.suppress(FileNotFoundError):
+            for path in self.copies_dir.iterdir():
+                if path.name not in referenced:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+
     @property
     def dirty(self) -> bool:
         """Whether this process journalled anything since the last compaction."""
@@ -249,6 +281,7 @@ class LedgerStore:
         with contextlib.suppress(FileNotFoundError):
             os.truncate(self.journal_path, 0)
         self._journal_current = False
+        self._prune_copies()
 
     def close(self) -> None:
         if self._journal_fd is not None:
@@ -304,7 +337,9 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def _entry(raw: dict, where: Path) -> Entry:
     try:
-        return Entry(**{k: raw[k] for k in Entry.__dataclass_fields__})
+        fields = {k: raw[k] for k in Entry.__dataclass_fields__ if k != "failed_replace"}
+        failed = raw.get("failed_replace")
+        return Entry(**fields, failed_replace=FailedReplace(**failed) if failed else None)
     except (KeyError, TypeError) as exc:
         raise LedgerError(_corrupt(where, f"an entry lacks {exc}")) from None
 

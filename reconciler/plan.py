@@ -65,6 +65,7 @@ class Change:
     desired: DesiredPlugin | None = field(default=None, compare=False, repr=False)
     entry: Entry | None = field(default=None, compare=False, repr=False)
     intent_seq: int | None = field(default=None, compare=False, repr=False)
+    held_as: str | None = None  # for a held change: the state it leaves its plugin in
 
     @property
     def label(self) -> str:
@@ -118,8 +119,16 @@ def plan(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger,
             claimed.add(entry.name)
         change = _for_desired(plugin, entry, live_set)
         hold = holds.get((plugin.config_file, plugin.config_sha256, plugin.library_sha256))
+        failed = entry.failed_replace if entry is not None else None
         if hold is not None and change.action in (Action.LOAD, Action.REPLACE):
-            held.append(replace(change, reason=f"stalled: {hold.reason}"))
+            held.append(replace(change, reason=f"stalled: {hold.reason}", held_as="stalled"))
+        elif (change.action is Action.REPLACE and failed is not None
+              and (failed.config_sha256, failed.library_sha256)
+              == (plugin.config_sha256, plugin.library_sha256)):
+            held.append(replace(change, held_as="failed-replace",
+                                reason=f"the new config failed to load and the previous one "
+                                       f"runs again: {failed.reason}; edit the file or "
+                                       "rebuild the library to try again"))
         else:
             (in_sync if change.action is Action.NOOP else changes).append(change)
 
@@ -234,8 +243,8 @@ class PluginStatus:
 
 
 def _state(change: Change, p: Plan, held: bool) -> str:
-    if held and change.action in (Action.LOAD, Action.REPLACE):
-        return "stalled"
+    if held and change.held_as is not None:
+        return change.held_as
     if p.blocked is not None and change.action is Action.UNLOAD:
         return "blocked"
     return STATE_OF[change.action]

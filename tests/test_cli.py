@@ -156,6 +156,52 @@ def test_a_failing_load_is_named_and_does_not_stop_the_others(cli, ws, node):
     assert "bad" not in LedgerStore(ws.state).load().entries
 
 
+def test_a_failed_replace_rolls_back_to_the_previous_config(cli, ws, node):
+    ws.config("pg.json5", name="pg", lib="pg-1")
+    assert cli("apply", node=node).code == 0
+    ws.library("pg-2", b"slipstream:on-load-fails")  # an upgrade to a bad new library
+    ws.config("pg.json5", name="pg", lib="pg-2")
+    result = cli("apply", node=node)
+    assert result.code == 3
+    assert "rolled back: the previous config runs again" in result.out
+    assert "pg" in node.manager.names()
+    rollback = json.loads([r for r in node.requests if r.method == "POST"][-1].body)
+    assert rollback["config_file"].startswith(str(ws.state / "configs"))
+    status = cli("status", "-o", "json", node=node)
+    row = {p["name"]: p for p in status.json["plugins"]}["pg"]
+    assert row["state"] == "failed-replace" and "on_load method failed" in row["detail"]
+    posts = len([r for r in node.requests if r.method == "POST"])
+    again = cli("apply", node=node)
+    assert again.code == 3  # not converged, and not retried until something changes
+    assert len([r for r in node.requests if r.method == "POST"]) == posts
+    ws.library("pg-2", b"a good rebuild")
+    assert cli("apply", node=node).code == 0
+    assert cli("status", node=node).code == 0
+
+
+def test_a_library_rebuilt_in_place_that_fails_cannot_be_rolled_back_and_says_so(cli, ws,
+                                                                                     node):
+    ws.config("pg.json5", name="pg", lib="pg")
+    cli("apply", node=node)
+    ws.library("pg", b"slipstream:on-load-fails")
+    result = cli("apply", node=node)
+    assert result.code == 3
+    assert "rolling back to the previous config failed too" in result.out
+
+
+def test_a_replace_whose_new_file_broke_meanwhile_keeps_the_plugin(cli, ws, node):
+    ws.config("pg.json5", name="pg", lib="pg")
+    cli("apply", node=node)
+    ws.config("pg.json5", name="pg", lib="pg", extra="v: 2")
+    saved = ws.root / "plan.json"
+    assert cli("plan", "--out", str(saved), node=node).code == 0
+    (ws.conf / "pg.json5").write_text("{broken")
+    assert cli("apply", "--plan", str(saved), node=node).code == 1  # stale: refused
+    result = cli("apply", node=node)
+    assert result.code == 3 and "pg" in node.manager.names()
+    assert [r for r in node.requests if r.method == "DELETE"] == []
+
+
 def test_it_works_against_an_older_node_without_v2(cli, ws, make_node):
     node = make_node(api_v2=False)
     ws.config("postgres.json5", name="postgres")
