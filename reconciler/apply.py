@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from reconciler.auth import token_source
-from reconciler.desired import Desired, DesiredPlugin, DirectoryReader, Problem
+from reconciler.desired import Desired, DesiredPlugin, DirectoryReader, Problem, Trust
 from reconciler.errors import StalePlanError
 from reconciler.ledger import Entry, FailedReplace, Ledger, LedgerStore
 from reconciler.node import AlreadyLoaded, NodeClient, NodeError, NotLoaded, Rejected
@@ -88,7 +88,7 @@ class Reconciler:
                  live_override: list[str] | None = None) -> None:
         self.settings = settings
         self.policy = policy
-        self.reader = reader or DirectoryReader()
+        self.reader = reader or DirectoryReader(Trust(settings.allow_writable))
         self.store = LedgerStore(settings.state)
         self.live_override = live_override
         self._client = client
@@ -97,9 +97,7 @@ class Reconciler:
     def client(self) -> NodeClient:
         if self._client is None:
             s = self.settings
-            self._client = NodeClient(s.node_url, s.network,
-                                      token_source(s.jwt_token_file, s.jwt_secret_file),
-                                      api=s.api, max_rps=s.max_rps, timeout=s.timeout)
+            self._client = node_client(s)
         return self._client
 
     def snapshot(self) -> Snapshot:
@@ -136,6 +134,21 @@ class Reconciler:
                     self.store.compact()
             stopped = len(outcomes) < len(the_plan.changes)
             return PassResult(the_plan, outcomes, mark, tuple(snap.live), snap.desired, stopped)
+
+
+def node_client(settings: Settings) -> NodeClient:
+    """A client for the settings' node. Turning TLS verification off is said out loud."""
+    if settings.insecure_skip_verify and settings.node_url.startswith("https:"):
+        log.warning("TLS certificate verification of %s is OFF (--insecure-skip-verify): "
+                    "anyone on the path can impersonate the node and read the token",
+                    settings.shown_url)
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once above
+    return NodeClient(settings.node_url, settings.network,
+                      token_source(settings.jwt_token_file, settings.jwt_secret_file),
+                      api=settings.api, max_rps=settings.max_rps, timeout=settings.timeout,
+                      verify=settings.verify)
 
 
 def execute(the_plan: Plan, client: NodeClient, store: LedgerStore, ledger: Ledger,

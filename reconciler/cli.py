@@ -1,9 +1,10 @@
 """The `slipstream-reconciler` command line.
 
-Commands parse options into Settings and a Policy, call the one pass (or the planner),
-hand the values to render, and map results to exit codes. Exit codes are an interface
-(docs/cli.md): scripts and CI depend on them, so they are spelled out here as constants.
-Every error is one line on stderr; a traceback only with --debug.
+Commands receive Settings and a Policy (reconciler.options declares the shared options
+once), call the one pass (or the planner), hand the values to render, and map results to
+exit codes. Exit codes are an interface (docs/cli.md): scripts and CI depend on them, so
+they are spelled out here as constants. Every error is one line on stderr; a traceback
+only with --debug.
 """
 
 from __future__ import annotations
@@ -24,7 +25,17 @@ import typer
 
 from reconciler import __version__
 from reconciler.errors import ReconcilerError, SettingsError
-from reconciler.settings import DEFAULT_CONFIG_DIR, DEFAULT_NODE_URL, Settings
+from reconciler.options import (
+    AllowWritable,
+    ConfigDir,
+    DetailedExit,
+    Output,
+    OutputOpt,
+    PruneOpt,
+    with_policy,
+    with_settings,
+)
+from reconciler.settings import DEFAULT_CONFIG_DIR, Settings
 
 OK, ERROR, CHANGES, NOT_CONVERGED = 0, 1, 2, 3
 
@@ -39,87 +50,6 @@ app = typer.Typer(
 )
 _debug = {"on": False}
 log = logging.getLogger("slipstream-reconciler")
-
-
-class Output(StrEnum):
-    text = "text"
-    json = "json"
-
-
-class Api(StrEnum):
-    auto = "auto"
-    v2 = "v2"
-    v1 = "v1"
-
-
-class PruneOpt(StrEnum):
-    managed = "managed"
-    all = "all"
-    none = "none"
-
-
-# -- shared options -------------------------------------------------------------------
-ConfigDir = Annotated[Path, typer.Option(
-    "--config-dir", envvar="SLIPSTREAM_CONFIG_DIR", help="Directory of plugin JSON5 configs.")]
-NodeUrl = Annotated[str, typer.Option(
-    "--node-url", envvar="SLIPSTREAM_NODE_URL", help="The node's REST address.")]
-Network = Annotated[str, typer.Option(
-    "--network", envvar="SLIPSTREAM_NETWORK", help="mainnet, testnet or canary.")]
-ApiOpt = Annotated[Api, typer.Option(
-    "--api", envvar="SLIPSTREAM_API",
-    help="API prefix: v2 (real status codes), v1 (plain prefix, errors as text) or auto.")]
-TokenFile = Annotated[Path | None, typer.Option(
-    "--jwt-token-file", envvar="SLIPSTREAM_JWT_TOKEN_FILE",
-    help="The node's jwt_secret_<address>.txt (holds a token; re-read after a 401). "
-         "A token may also come from $SLIPSTREAM_JWT_TOKEN, never from the command line.")]
-SecretFile = Annotated[Path | None, typer.Option(
-    "--jwt-secret-file", envvar="SLIPSTREAM_JWT_SECRET_FILE",
-    help="File holding the node's base64 --jwt-secret; tokens are minted from it.")]
-StateDir = Annotated[Path | None, typer.Option(
-    "--state-dir", envvar="SLIPSTREAM_STATE_DIR", show_default=False,
-    help="Where the ledger lives. Default: /var/lib/slipstream-reconciler as root, else "
-         "$XDG_STATE_HOME/slipstream-reconciler.")]
-NodeConfigDir = Annotated[Path | None, typer.Option(
-    "--node-config-dir", envvar="SLIPSTREAM_NODE_CONFIG_DIR", show_default=False,
-    help="The config directory's path as the node sees it (e.g. in a container). "
-         "Default: same as --config-dir.")]
-MaxRps = Annotated[float, typer.Option(
-    "--max-rps", envvar="SLIPSTREAM_MAX_RPS",
-    help="Requests per second to stay under (the node's --rest-rps); 0 turns pacing off.")]
-Timeout = Annotated[float, typer.Option(
-    "--timeout", envvar="SLIPSTREAM_TIMEOUT", help="Seconds to wait for each node answer.")]
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text or json.")]
-PruneArg = Annotated[PruneOpt, typer.Option(
-    "--prune", envvar="SLIPSTREAM_PRUNE",
-    help="What may be unloaded: managed (only what this tool loaded), all (also unmanaged "
-         "plugins), none.")]
-AllowEmpty = Annotated[bool, typer.Option(
-    "--allow-empty", help="Let an existing, empty config directory unload every managed "
-                          "plugin.")]
-MaxUnloads = Annotated[int | None, typer.Option(
-    "--max-unloads", envvar="SLIPSTREAM_MAX_UNLOADS", show_default=False,
-    help="Refuse a pass that would unload more than this many plugins.")]
-DetailedExit = Annotated[bool, typer.Option(
-    "--detailed-exitcode", help="Exit 2 when there are (or were) changes, 0 when none.")]
-
-
-def _settings(config_dir: Path, node_url: str = DEFAULT_NODE_URL, network: str = "mainnet",
-              api: Api = Api.auto, jwt_token_file: Path | None = None,
-              jwt_secret_file: Path | None = None, state_dir: Path | None = None,
-              node_config_dir: Path | None = None, max_rps: float = 10.0,
-              timeout: float = 10.0) -> Settings:
-    return Settings(config_dir=config_dir, node_url=node_url, network=network, api=api.value,
-                    jwt_token_file=jwt_token_file, jwt_secret_file=jwt_secret_file,
-                    state_dir=state_dir, node_config_dir=node_config_dir, max_rps=max_rps,
-                    timeout=timeout)
-
-
-def _policy(prune: PruneOpt, allow_empty: bool, max_unloads: int | None):
-    from reconciler.plan import Policy, Prune
-
-    if max_unloads is not None and max_unloads < 0:
-        raise SettingsError("--max-unloads must be 0 or more")
-    return Policy(Prune(prune.value), allow_empty, max_unloads)
 
 
 def guarded(command):
@@ -174,16 +104,17 @@ def _main(
 @app.command()
 @guarded
 def validate(config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR),
+             insecure_allow_writable: AllowWritable = False,
              output: OutputOpt = Output.text) -> None:
-    """Check every config file offline: JSON5, libpath, library, names.
+    """Check every config file offline: JSON5, libpath, library, names, permissions.
 
     Example: slipstream-reconciler validate --config-dir /etc/slipstream/plugins.d
     Exit 0 when all are valid, 1 otherwise.
     """
     from reconciler import render
-    from reconciler.desired import DirectoryReader
+    from reconciler.desired import DirectoryReader, Trust
 
-    desired = DirectoryReader().read(config_dir)
+    desired = DirectoryReader(Trust(insecure_allow_writable)).read(config_dir)
     if output is Output.json:
         _emit(render.validate_json(desired))
     else:
@@ -194,13 +125,10 @@ def validate(config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR),
 # -- plan -------------------------------------------------------------------------------
 @app.command()
 @guarded
+@with_settings
+@with_policy
 def plan(
-    config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR), node_url: NodeUrl = DEFAULT_NODE_URL,
-    network: Network = "mainnet", api: ApiOpt = Api.auto, jwt_token_file: TokenFile = None,
-    jwt_secret_file: SecretFile = None, state_dir: StateDir = None,
-    node_config_dir: NodeConfigDir = None, max_rps: MaxRps = 10.0, timeout: Timeout = 10.0,
-    prune: PruneArg = PruneOpt.managed, allow_empty: AllowEmpty = False,
-    max_unloads: MaxUnloads = None, output: OutputOpt = Output.text,
+    settings: Settings, policy, output: OutputOpt = Output.text,
     detailed_exitcode: DetailedExit = False,
     live_from: Annotated[Path | None, typer.Option(
         "--live-from", help="Plan against a saved JSON array of live plugin names instead of "
@@ -217,9 +145,6 @@ def plan(
     from reconciler import render
     from reconciler.apply import Reconciler
 
-    settings = _settings(config_dir, node_url, network, api, jwt_token_file, jwt_secret_file,
-                         state_dir, node_config_dir, max_rps, timeout)
-    policy = _policy(prune, allow_empty, max_unloads)
     live = _read_live(live_from) if live_from is not None else None
     reconciler = Reconciler(settings, policy, live_override=live)
     the_plan, mark = reconciler.plan()
@@ -227,7 +152,7 @@ def plan(
     if output is Output.json:
         _emit(render.plan_json(the_plan, shown, settings.network))
     else:
-        typer.echo(render.plan_text(the_plan, str(config_dir.absolute()), shown,
+        typer.echo(render.plan_text(the_plan, str(settings.config_dir.absolute()), shown,
                                     settings.network))
     if out is not None:
         _save_plan(out, render.plan_json(the_plan, shown, settings.network), mark, settings,
@@ -273,13 +198,10 @@ def _load_saved_plan(path: Path) -> dict:
 # -- apply ------------------------------------------------------------------------------
 @app.command()
 @guarded
+@with_settings
+@with_policy
 def apply(
-    config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR), node_url: NodeUrl = DEFAULT_NODE_URL,
-    network: Network = "mainnet", api: ApiOpt = Api.auto, jwt_token_file: TokenFile = None,
-    jwt_secret_file: SecretFile = None, state_dir: StateDir = None,
-    node_config_dir: NodeConfigDir = None, max_rps: MaxRps = 10.0, timeout: Timeout = 10.0,
-    prune: PruneArg = PruneOpt.managed, allow_empty: AllowEmpty = False,
-    max_unloads: MaxUnloads = None, output: OutputOpt = Output.text,
+    settings: Settings, policy, output: OutputOpt = Output.text,
     detailed_exitcode: DetailedExit = False,
     plan_file: Annotated[Path | None, typer.Option(
         "--plan", help="Apply a plan saved by `plan --out`; refused if anything changed "
@@ -289,24 +211,24 @@ def apply(
 
     Example: slipstream-reconciler apply --jwt-token-file /var/lib/aleo/jwt_secret_aleo1….txt
     Exit 0 converged (2 with changes made, under --detailed-exitcode); 3 the pass ran but
-    did not converge (a failed action or an invalid file); 1 the pass could not run.
+    did not converge (a failed action, an invalid file, a failed replace); 1 the pass could
+    not run.
     """
     from reconciler import render
     from reconciler.apply import Reconciler
+    from reconciler.options import build_policy
 
     expect = None
     if plan_file is not None:
         saved = _load_saved_plan(plan_file)
         expect = saved["fingerprint"]
-        config_dir = Path(saved["config_dir"])
-        policy_saved = saved.get("policy", {})
-        prune = PruneOpt(policy_saved.get("prune", prune.value))
-        allow_empty = bool(policy_saved.get("allow_empty", allow_empty))
-        max_unloads = policy_saved.get("max_unloads", max_unloads)
-    settings = _settings(config_dir, node_url, network, api, jwt_token_file, jwt_secret_file,
-                         state_dir, node_config_dir, max_rps, timeout)
-    reconciler = Reconciler(settings, _policy(prune, allow_empty, max_unloads))
-    directory = str(config_dir.absolute())
+        settings = replace(settings, config_dir=Path(saved["config_dir"]))
+        kept = saved.get("policy", {})
+        policy = build_policy(PruneOpt(kept.get("prune", policy.prune.value)),
+                              bool(kept.get("allow_empty", policy.allow_empty)),
+                              kept.get("max_unloads", policy.max_unloads))
+    reconciler = Reconciler(settings, policy)
+    directory = str(settings.config_dir.absolute())
     text = output is Output.text
 
     def waiting() -> None:
@@ -339,14 +261,10 @@ def apply(
 # -- status -----------------------------------------------------------------------------
 @app.command()
 @guarded
-def status(
-    config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR), node_url: NodeUrl = DEFAULT_NODE_URL,
-    network: Network = "mainnet", api: ApiOpt = Api.auto, jwt_token_file: TokenFile = None,
-    jwt_secret_file: SecretFile = None, state_dir: StateDir = None,
-    node_config_dir: NodeConfigDir = None, max_rps: MaxRps = 10.0, timeout: Timeout = 10.0,
-    prune: PruneArg = PruneOpt.managed, output: OutputOpt = Output.text,
-) -> None:
-    """Where each plugin stands: in-sync, pending-*, unmanaged or invalid.
+@with_settings
+@with_policy
+def status(settings: Settings, policy, output: OutputOpt = Output.text) -> None:
+    """Where each plugin stands: in-sync, pending-*, unmanaged, invalid, stalled, …
 
     Example: slipstream-reconciler status -o json
     Exit 0 in sync, 2 out of sync, 1 error.
@@ -356,19 +274,17 @@ def status(
     from reconciler.daemon import read_record, running
     from reconciler.plan import Hold, in_sync, statuses
 
-    settings = _settings(config_dir, node_url, network, api, jwt_token_file, jwt_secret_file,
-                         state_dir, node_config_dir, max_rps, timeout)
     record = read_record(settings.state)
     alive = record is not None and running(record)
     holds = tuple(Hold(h["config_file"], h["config_sha256"], h["library_sha256"], h["reason"])
                   for h in (record or {}).get("holds", []) if alive)
-    policy = _policy(prune, False, None)
     reconciler = Reconciler(settings, replace(policy, hold=holds))
     the_plan, _ = reconciler.plan()
     rows = statuses(the_plan)
     prefix = reconciler.client.prefix
+    directory = str(settings.config_dir.absolute())
     meta = {"node": settings.shown_url, "network": settings.network, "api_prefix": prefix,
-            "config_dir": str(config_dir.absolute()), "in_sync": in_sync(rows),
+            "config_dir": directory, "in_sync": in_sync(rows),
             "daemon": render.daemon_json(record, alive)}
     if output is Output.json:
         _emit(render.status_json(rows, meta))
@@ -379,7 +295,7 @@ def status(
         daemon_line = render.daemon_line(record, alive)
         if daemon_line:
             footer += "\n" + daemon_line
-        typer.echo(render.status_text(rows, str(config_dir.absolute()), footer))
+        typer.echo(render.status_text(rows, directory, footer))
     raise typer.Exit(OK if in_sync(rows) else CHANGES)
 
 
@@ -391,13 +307,10 @@ class LogFormat(StrEnum):
 
 @app.command()
 @guarded
+@with_settings
+@with_policy
 def run(
-    config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR), node_url: NodeUrl = DEFAULT_NODE_URL,
-    network: Network = "mainnet", api: ApiOpt = Api.auto, jwt_token_file: TokenFile = None,
-    jwt_secret_file: SecretFile = None, state_dir: StateDir = None,
-    node_config_dir: NodeConfigDir = None, max_rps: MaxRps = 10.0, timeout: Timeout = 10.0,
-    prune: PruneArg = PruneOpt.managed, allow_empty: AllowEmpty = False,
-    max_unloads: MaxUnloads = None,
+    settings: Settings, policy,
     debounce: Annotated[float, typer.Option(
         "--debounce", envvar="SLIPSTREAM_DEBOUNCE",
         help="Quiet period after the last file event before a pass (seconds).")] = 0.25,
@@ -445,11 +358,9 @@ def run(
         if value <= 0:
             raise SettingsError(f"{option} must be more than 0")
     logs.setup(log_format.value, "debug" if _debug["on"] else log_level)
-    settings = _settings(config_dir, node_url, network, api, jwt_token_file, jwt_secret_file,
-                         state_dir, node_config_dir, max_rps, timeout)
     options = DaemonOptions(debounce, max_wait, probe_interval, resync_interval, max_backoff,
                             None if metrics_address == "off" else metrics_address, watch)
-    raise typer.Exit(Daemon(settings, _policy(prune, allow_empty, max_unloads), options).run())
+    raise typer.Exit(Daemon(settings, policy, options).run())
 
 
 # -- node: the reference node -----------------------------------------------------------
@@ -479,6 +390,9 @@ def node(
     no_runtime_loading: Annotated[bool, typer.Option(
         "--no-runtime-loading", help="Behave like the proposed static-plugin node: only GET; "
                                      "POST and DELETE answer 405.")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", help="Serve HTTPS with this certificate (a refnode extension).")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key")] = None,
 ) -> None:
     """Run the bundled reference node: snarkOS's Slipstream REST API, for demos and tests.
 
@@ -486,6 +400,8 @@ def node(
       --slipstream-config configs/examples/metrics.json5
     SIGUSR1 restarts it (run-time plugins are forgotten, as on a real restart).
     """
+    import ssl
+
     from reconciler.refnode import Faults, NodeOptions, RefNode, StartupError, decode_secret
 
     host, _, port = rest.rpartition(":")
@@ -499,9 +415,11 @@ def node(
             slipstream_configs=[str(p) for p in slipstream_config or []], rest_rps=rest_rps,
             data_dir=data_dir,
             faults=Faults(fault_latency_ms, fault_error_rate, fault_drop_rate, fault_seed),
-            runtime_loading=not no_runtime_loading)
+            runtime_loading=not no_runtime_loading,
+            tls_cert=str(tls_cert) if tls_cert else None,
+            tls_key=str(tls_key) if tls_key else None)
         refnode = RefNode(options).start()
-    except (StartupError, OSError) as exc:
+    except (StartupError, OSError, ssl.SSLError) as exc:
         raise SettingsError(f"the reference node could not start: {exc}") from None
     stop = threading.Event()
     restart = threading.Event()

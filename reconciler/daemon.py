@@ -24,12 +24,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from reconciler.apply import Outcome, PassResult, Reconciler
-from reconciler.auth import token_source
+from reconciler.apply import Outcome, PassResult, Reconciler, node_client
 from reconciler.errors import ConfigDirError, ReconcilerError, SettingsError
 from reconciler.ledger import atomic_write
 from reconciler.metrics import Metrics, MetricsServer
-from reconciler.node import NodeClient, NodeError
+from reconciler.node import NodeError
 from reconciler.notify import Notifier
 from reconciler.plan import Policy, plan, statuses
 from reconciler.retry import Backoff, Stalls
@@ -130,10 +129,7 @@ class Daemon:
 
     def _hook_clients(self) -> None:
         client = self.reconciler.client
-        self.probe_client = NodeClient(
-            self.settings.node_url, self.settings.network,
-            token_source(self.settings.jwt_token_file, self.settings.jwt_secret_file),
-            api=self.settings.api, max_rps=self.settings.max_rps, timeout=self.settings.timeout)
+        self.probe_client = node_client(self.settings)
         self.probe_client.pacer = client.pacer  # one budget: the node limits per client IP
         for c in (client, self.probe_client):
             c.on_response = lambda method, status: self.metrics.http.labels(method,

@@ -16,7 +16,7 @@ import re
 import stat
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import json5
@@ -84,6 +84,32 @@ def is_config_name(name: str) -> bool:
     return name.endswith(CONFIG_SUFFIXES)
 
 
+class UntrustedConfig(ConfigDirError):
+    """Whoever can write the config directory can run code inside the node: a directory
+    or file others could have written is refused as a whole."""
+
+
+@dataclass(frozen=True)
+class Trust:
+    allow_writable: bool = False  # --insecure-allow-writable: development only
+    uid: int = field(default_factory=os.geteuid)
+
+    def check(self, path: str, st: os.stat_result, what: str) -> tuple[str | None, str | None]:
+        """(refusal, warning) for one directory or file."""
+        if self.allow_writable:
+            return None, None
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & stat.S_IWOTH:
+            return (f"{what} {path} is world-writable (mode {mode:o}): anyone on this host "
+                    "could make the node load code", None)
+        if st.st_uid not in (0, self.uid):
+            return (f"{what} {path} is owned by uid {st.st_uid}, neither root nor the user "
+                    f"running the reconciler (uid {self.uid})", None)
+        if mode & stat.S_IWGRP:
+            return None, f"{what} {path} is group-writable (mode {mode:o}); chmod g-w it"
+        return None, None
+
+
 class _Invalid(Exception):
     def __init__(self, message: str, line: int | None = None, column: int | None = None):
         super().__init__(message)
@@ -98,7 +124,8 @@ class DirectoryReader:
     pass costs a read and a hash per small config file and one stat per library.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, trust: Trust | None = None) -> None:
+        self.trust = trust or Trust()
         self._parsed: dict[str, object] = {}
         self._libraries: dict[str, tuple[tuple[int, ...], str]] = {}
 
@@ -106,6 +133,7 @@ class DirectoryReader:
         directory = os.path.abspath(directory)
         try:
             names = sorted(entry for entry in os.listdir(directory) if is_config_name(entry))
+            directory_stat = os.stat(directory)
         except FileNotFoundError:
             raise ConfigDirError(f"config directory {directory} does not exist") from None
         except NotADirectoryError:
@@ -115,7 +143,7 @@ class DirectoryReader:
                                  "(permission denied)") from None
         plugins: list[DesiredPlugin] = []
         problems: list[Problem] = []
-        warnings: list[Problem] = []
+        warnings = self._check_trust(directory, directory_stat, names)
         for name in names:
             path = os.path.join(directory, name)
             try:
@@ -132,6 +160,36 @@ class DirectoryReader:
         for path in [p for p in self._libraries if p not in used]:
             del self._libraries[path]  # only what this read used is watched for rebuilds
         return Desired(directory, tuple(plugins), tuple(problems + duplicates), tuple(warnings))
+
+    def _check_trust(self, directory: str, directory_stat: os.stat_result,
+                     names: list[str]) -> list[Problem]:
+        refusals: list[str] = []
+        warnings: list[Problem] = []
+        checks = [(directory, directory_stat, "the config directory")]
+        real_directory = os.path.realpath(directory)
+        for name in names:
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                target = os.path.realpath(path)
+                if os.path.commonpath([target, real_directory]) != real_directory:
+                    refusals.append(f"{path} is a symlink leading outside the config "
+                                    f"directory (to {target})")
+                    continue
+            try:
+                checks.append((path, os.stat(path), "config file"))
+            except OSError:
+                continue  # reading it will say what is wrong
+        for path, st, what in checks:
+            refusal, warning = self.trust.check(path, st, what)
+            if refusal:
+                refusals.append(refusal)
+            if warning:
+                warnings.append(Problem(path, warning))
+        if refusals:
+            raise UntrustedConfig("refusing to use the config directory: " + "; ".join(refusals)
+                                  + ". Fix the ownership or permissions "
+                                  "(--insecure-allow-writable is for development only)")
+        return warnings
 
     def parsed(self, config_sha256: str) -> dict | None:
         """The parsed config with these bytes, if this reader has read it."""

@@ -30,6 +30,7 @@ import requests
 
 from reconciler.auth import TokenSource
 from reconciler.errors import ReconcilerError
+from reconciler.settings import mask_url
 
 MAX_BODY = 4 << 20
 _ALREADY = re.compile(r"The slipstream plugin '(.*)' is already loaded", re.S)
@@ -127,6 +128,7 @@ class NodeClient:
         if api not in ("auto", "v2", "v1"):
             raise ValueError(api)
         self.url = url.rstrip("/")
+        self.shown = mask_url(self.url)  # what messages may show: no password
         self.network = network
         self.auth = auth
         self.api = api
@@ -154,10 +156,10 @@ class NodeClient:
         try:
             names = json.loads(answer.body)
         except ValueError:
-            raise BadResponse(f"the node at {self.url} answered the plugin list with something "
+            raise BadResponse(f"the node at {self.shown} answered the plugin list with something "
                               f"that is not JSON: {_excerpt(answer.text)}") from None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise BadResponse(f"the node at {self.url} answered the plugin list with "
+            raise BadResponse(f"the node at {self.shown} answered the plugin list with "
                               f"{_excerpt(answer.text)}, not a JSON array of names")
         return names
 
@@ -215,37 +217,42 @@ class NodeClient:
             with response:
                 raw = _read_capped(response, self.timeout)
         except requests.exceptions.Timeout:
-            raise NodeUnreachable(f"the node at {self.url} did not answer within "
+            raise NodeUnreachable(f"the node at {self.shown} did not answer within "
                                   f"{self.timeout:g} s") from None
+        except requests.exceptions.SSLError as exc:
+            reason = "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(exc) \
+                else "TLS handshake failed"
+            raise NodeUnreachable(f"the node at {self.shown}: {reason}; give its CA with "
+                                  "--ca-file") from None
         except requests.exceptions.RequestException as exc:
-            raise NodeUnreachable(f"cannot reach the node at {self.url}: "
+            raise NodeUnreachable(f"cannot reach the node at {self.shown}: "
                                   f"{_reason(exc)}") from None
         self.requests_sent += 1
         if self.on_response is not None:
             self.on_response(method, response.status_code)
         if 300 <= response.status_code < 400:
-            raise BadResponse(f"the node at {self.url} answered with a redirect "
+            raise BadResponse(f"the node at {self.shown} answered with a redirect "
                               f"({response.status_code}) to {response.headers.get('Location')!r};"
                               " point --node-url at the node's REST address itself")
         return _Answer(response.status_code, raw, _json_error(response, raw))
 
     def _error(self, method: str, answer: _Answer) -> NodeError:
         if answer.status == 401:
-            return Unauthorized(f"the node at {self.url} refused the request as unauthorized "
+            return Unauthorized(f"the node at {self.shown} refused the request as unauthorized "
                                 f"(401) with {self.auth.description}; check --jwt-token-file, "
                                 f"--jwt-secret-file or $SLIPSTREAM_JWT_TOKEN")
         if answer.json_error is not None:
             return self._v2_error(answer)
         if answer.status == 429:
-            return RateLimited(f"the node at {self.url} kept rate-limiting us (429)")
+            return RateLimited(f"the node at {self.shown} kept rate-limiting us (429)")
         if answer.status in (404, 405) and method == "POST":
             return RuntimeLoadUnsupported(
-                f"the node at {self.url} answered {answer.status} to a plugin load: it cannot "
+                f"the node at {self.shown} answered {answer.status} to a plugin load: it cannot "
                 "load plugins at run time (it selects them at start-up)")
         if answer.status == 500 and self._prefix is not None and not self._prefix.startswith(
                 "/v2/"):
             return self._v1_error(answer.text)
-        return BadResponse(f"the node at {self.url} answered {answer.status}: "
+        return BadResponse(f"the node at {self.shown} answered {answer.status}: "
                            f"{_excerpt(answer.text) or '(empty body)'}")
 
     def _v2_error(self, answer: _Answer) -> NodeError:
@@ -260,7 +267,7 @@ class NodeClient:
         if kind == "service_unavailable":
             return self._no_manager()
         if kind == "too_many_requests":
-            return RateLimited(f"the node at {self.url} kept rate-limiting us: {reason}")
+            return RateLimited(f"the node at {self.shown} kept rate-limiting us: {reason}")
         return Rejected(reason or f"the node answered {answer.status}")
 
     def _v1_error(self, text: str) -> NodeError:
@@ -273,14 +280,14 @@ class NodeClient:
         if "No Slipstream plugin manager" in text:
             return self._no_manager()
         if "Too Many Requests" in text:
-            return RateLimited(f"the node at {self.url} kept rate-limiting us: {text}")
+            return RateLimited(f"the node at {self.shown} kept rate-limiting us: {text}")
         if text.lower() == "unauthorized":
-            return Unauthorized(f"the node at {self.url} refused the request as unauthorized "
+            return Unauthorized(f"the node at {self.shown} refused the request as unauthorized "
                                 f"with {self.auth.description}")
         return Rejected(text or "the node answered 500 with no reason")
 
     def _no_manager(self) -> NoPluginManager:
-        return NoPluginManager(f"the node at {self.url} has no Slipstream plugin manager: start "
+        return NoPluginManager(f"the node at {self.shown} has no Slipstream plugin manager: start "
                                "snarkOS with at least one --slipstream-config")
 
 
@@ -291,7 +298,7 @@ def _read_capped(response: requests.Response, timeout: float) -> bytes:
     for chunk in response.iter_content(65536):
         size += len(chunk)
         if size > MAX_BODY:
-            raise BadResponse(f"the answer from {response.url} is larger than "
+            raise BadResponse(f"the answer from {mask_url(response.url)} is larger than "
                               f"{MAX_BODY >> 20} MiB; that is not the node's API")
         if time.monotonic() > deadline:
             raise requests.exceptions.ReadTimeout("the answer did not end")

@@ -34,6 +34,9 @@ class Settings:
     node_config_dir: Path | None = None
     max_rps: float = 10.0
     timeout: float = 10.0
+    ca_file: Path | None = None
+    insecure_skip_verify: bool = False
+    allow_writable: bool = False
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -49,6 +52,17 @@ class Settings:
             raise SettingsError("--max-rps must be 0 (no pacing) or more")
         if self.timeout <= 0:
             raise SettingsError("--timeout must be more than 0")
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise SettingsError(f"--ca-file {self.ca_file} is not a readable file")
+        if self.ca_file is not None and self.insecure_skip_verify:
+            raise SettingsError("give --ca-file or --insecure-skip-verify, not both")
+
+    @property
+    def verify(self) -> bool | str:
+        """What requests should verify the node's certificate with."""
+        if self.insecure_skip_verify:
+            return False
+        return str(self.ca_file) if self.ca_file is not None else True
 
     @property
     def state(self) -> Path:

@@ -15,6 +15,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 import warnings
@@ -74,6 +75,9 @@ class NodeOptions:
     runtime_loading: bool = True
     # False: an older snarkOS with no /v2 routes at all.
     api_v2: bool = True
+    # TLS (a test extension: snarkOS's REST server speaks plain HTTP, often behind a proxy).
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 def decode_secret(b64: str) -> bytes:
@@ -128,7 +132,8 @@ class RefNode:
     # -- life cycle -------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://{self.options.host}:{self.port}"
+        scheme = "https" if self.options.tls_cert else "http"
+        return f"{scheme}://{self.options.host}:{self.port}"
 
     @property
     def token_file(self) -> Path | None:
@@ -140,6 +145,10 @@ class RefNode:
         self._boot()
         server = _Server((self.options.host, self.port), _Handler)
         server.node = self
+        if self.options.tls_cert:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.options.tls_cert, self.options.tls_key)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, args=(0.05,),
