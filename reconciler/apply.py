@@ -20,7 +20,14 @@ from reconciler.auth import token_source
 from reconciler.desired import Desired, DesiredPlugin, DirectoryReader, Problem, Trust
 from reconciler.errors import StalePlanError
 from reconciler.ledger import Entry, FailedReplace, Ledger, LedgerStore
-from reconciler.node import AlreadyLoaded, NodeClient, NodeError, NotLoaded, Rejected
+from reconciler.node import (
+    AlreadyLoaded,
+    NodeClient,
+    NodeError,
+    NotLoaded,
+    Rejected,
+    blames_the_plugin,
+)
 from reconciler.plan import Action, Change, Plan, Policy, fingerprint, plan
 from reconciler.settings import Settings
 
@@ -230,7 +237,10 @@ class _Run:
         this config failed so that it is not retried until the file or library changes."""
         previous = change.entry
         copy = self.store.copy_path(previous.config_sha256)
-        failed = FailedReplace(fresh.config_sha256, fresh.library_sha256, reason)
+        # Held until the files change only when the node blames the plugin; a node having
+        # a bad moment is retried (the daemon stalls a failure that keeps repeating).
+        failed = (FailedReplace(fresh.config_sha256, fresh.library_sha256, reason)
+                  if blames_the_plugin(reason) else None)
         if not copy.exists():
             return Outcome(change, False, f"replace failed ({reason}), and there is no copy "
                            "of the previous config to roll back to; the plugin is not loaded",

@@ -185,6 +185,9 @@ class LedgerStore:
                 entry = _entry(event["entry"], self.journal_path)
                 self._entries[entry.name] = entry
                 self._pending.pop(seq, None)
+                for other in [i.seq for i in self._pending.values()
+                              if i.config_file == entry.config_file]:
+                    del self._pending[other]  # that file's plugin is known now
             elif op == "remove":
                 self._entries.pop(event["name"], None)
                 self._pending.pop(seq, None)

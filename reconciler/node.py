@@ -33,6 +33,21 @@ from reconciler.errors import ReconcilerError
 from reconciler.settings import mask_url
 
 MAX_BODY = 4 << 20
+# The node's own texts for a load that failed because of the plugin (its config or its
+# library), as opposed to the node having a bad moment: node-api.md's load checks.
+PLUGIN_FAULTS = (
+    "Cannot open the plugin config file",
+    "is not in a valid JSON/JSON5 format",
+    "Plugin library path is not specified",
+    "Cannot load plugin shared library",
+    "_create_plugin",
+    "on_load method failed",
+)
+
+
+def blames_the_plugin(reason: str) -> bool:
+    """Whether a load failure is the plugin's (retrying the same files will fail again)."""
+    return any(text in reason for text in PLUGIN_FAULTS)
 _ALREADY = re.compile(r"The slipstream plugin '(.*)' is already loaded", re.S)
 _WAIT = re.compile(r"Wait for ([0-9.]+)s")
 

@@ -154,6 +154,12 @@ def plan(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger,
             changes.append(Change(Action.FORGET, None, intent.config_file,
                                   "an interrupted load of a file since removed; if it loaded, "
                                   "it is listed as unmanaged", intent_seq=intent.seq))
+        elif intent.config_file in by_config:
+            # The node holds one plugin per library: the interrupted load is that plugin,
+            # or was refused.
+            changes.append(Change(Action.FORGET, None, intent.config_file,
+                                  "an interrupted load; the file's plugin is known",
+                                  intent_seq=intent.seq))
 
     managed = set(ledger.entries) | declared
     unmanaged = sorted(n for n in live_set - managed if n not in claimed)

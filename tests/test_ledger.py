@@ -122,3 +122,13 @@ def test_files_are_private(tmp_path):
     store.compact()
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "state" / "ledger.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_recording_a_files_plugin_settles_its_interrupted_loads(tmp_path):
+    store = LedgerStore(tmp_path)
+    store.load()
+    store.record_intent("load", None, "/conf/u.json5")  # killed here, twice
+    store.record_intent("load", None, "/conf/u.json5")
+    seq = store.record_intent("load", None, "/conf/u.json5")
+    store.record_put(Entry("u", "/conf/u.json5", "c0", "l0", "/lib/libu.so", 1.0), seq)
+    assert LedgerStore(tmp_path).load().pending == ()

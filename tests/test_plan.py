@@ -126,6 +126,12 @@ def test_an_interrupted_load_of_a_deleted_file_is_settled():
     assert ("forget", None) in actions(p)
 
 
+def test_an_interrupted_load_of_a_file_whose_plugin_is_known_is_settled():
+    ledger = Ledger.of([entry("u1")], (Intent(3, "load", None, "/conf/u1.json5"),))
+    p = plan(desired(plugin("u1", named=False)), ["u1"], ledger)
+    assert [(c.action, c.intent_seq) for c in p.changes] == [(Action.FORGET, 3)]
+
+
 # -- properties ----------------------------------------------------------------------
 @st.composite
 def worlds(draw):
