@@ -29,6 +29,14 @@ soak: $(STAMP)
 			$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_crash.py || exit 1; \
 	done
 
+# Benchmarks print figures and ratios against baselines measured in the same run
+# (docs/performance.md). bench: quick sizes, under 2 minutes; bench-full: the full sizes.
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+bench-full: $(STAMP)
+	$(BIN)/python bench/run_all.py --full
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 

@@ -95,7 +95,8 @@ class Reconciler:
                  live_override: list[str] | None = None) -> None:
         self.settings = settings
         self.policy = policy
-        self.reader = reader or DirectoryReader(Trust(settings.allow_writable))
+        self.reader = reader or DirectoryReader(Trust(settings.allow_writable),
+                                                cache_path=settings.state / "cache.json")
         self.store = LedgerStore(settings.state)
         self.live_override = live_override
         self._client = client
@@ -262,7 +263,7 @@ class _Run:
 
     def _keep_copy(self, plugin: DesiredPlugin) -> None:
         """What a failed replace will need: this config, its libpath made absolute."""
-        config = self.reader.parsed(plugin.config_sha256)
+        config = self.reader.parsed(plugin.config_sha256, plugin.config_file)
         if config is None:
             return
         config["libpath"] = plugin.libpath

@@ -9,6 +9,7 @@ must not unload anything.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 import json5
 
 from reconciler.errors import ConfigDirError
+from reconciler.json5fast import translate
 
 MAX_CONFIG_BYTES = 1 << 20
 CONFIG_SUFFIXES = (".json5", ".json")
@@ -119,15 +121,49 @@ class _Invalid(Exception):
 class DirectoryReader:
     """Reads a config directory into a Desired value.
 
-    It keeps two caches across passes (the daemon holds one reader): parsed configs by the
-    sha256 of their bytes, and library hashes by the library's stat identity, so that a
-    pass costs a read and a hash per small config file and one stat per library.
+    Parsing JSON5 in pure Python costs about a millisecond per file, and hashing a large
+    library far more, so both are cached: what validation needs from a config (its type,
+    `libpath`, `name`; never plugin-specific values) by the sha256 of its bytes, which are
+    read and hashed on every pass and so can never be stale; and library hashes by the
+    library's stat identity. The daemon keeps one reader; with `cache_path` (in the state
+    directory) the CLI's one-shot commands share the caches across runs too.
     """
 
-    def __init__(self, trust: Trust | None = None) -> None:
+    def __init__(self, trust: Trust | None = None, cache_path: Path | None = None) -> None:
         self.trust = trust or Trust()
-        self._parsed: dict[str, object] = {}
+        self.cache_path = cache_path
+        self._summaries: dict[str, dict] = {}  # config sha256 -> what validation needs
+        self._full: dict[str, dict] = {}  # config sha256 -> parsed config, this process only
         self._libraries: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._dirty = False
+        self._load_cache()
+
+    def _load_cache(self) -> None:
+        if self.cache_path is None:
+            return
+        try:
+            data = json.loads(self.cache_path.read_text(encoding="utf-8"))
+            self._summaries = dict(data["configs"])
+            self._libraries = {path: (tuple(v[:5]), v[5]) for path, v in
+                               data["libraries"].items()}
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            self._summaries, self._libraries = {}, {}  # a cache: rebuilt, never trusted
+
+    def _save_cache(self, used: set[str]) -> None:
+        self._summaries = {k: v for k, v in self._summaries.items() if k in used}
+        if self.cache_path is None or not self._dirty or not self.cache_path.parent.is_dir():
+            return
+        data = {"configs": self._summaries,
+                "libraries": {p: [*key, sha] for p, (key, sha) in self._libraries.items()}}
+        tmp = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.cache_path)
+            self._dirty = False
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def read(self, directory: Path | str) -> Desired:
         directory = os.path.abspath(directory)
@@ -144,10 +180,11 @@ class DirectoryReader:
         plugins: list[DesiredPlugin] = []
         problems: list[Problem] = []
         warnings = self._check_trust(directory, directory_stat, names)
+        used: set[str] = set()
         for name in names:
             path = os.path.join(directory, name)
             try:
-                plugin = self._read_one(path)
+                plugin = self._read_one(path, used)
             except _Invalid as bad:
                 problems.append(Problem(path, *bad.problem))
                 continue
@@ -156,9 +193,11 @@ class DirectoryReader:
                                         "after it is loaded; set `name` to make plans exact"))
             plugins.append(plugin)
         plugins, duplicates = _without_duplicates(plugins)
-        used = {p.libpath for p in plugins}
-        for path in [p for p in self._libraries if p not in used]:
+        libraries = {p.libpath for p in plugins}
+        for path in [p for p in self._libraries if p not in libraries]:
             del self._libraries[path]  # only what this read used is watched for rebuilds
+            self._dirty = True
+        self._save_cache(used)
         return Desired(directory, tuple(plugins), tuple(problems + duplicates), tuple(warnings))
 
     def _check_trust(self, directory: str, directory_stat: os.stat_result,
@@ -191,29 +230,58 @@ class DirectoryReader:
                                   "(--insecure-allow-writable is for development only)")
         return warnings
 
-    def parsed(self, config_sha256: str) -> dict | None:
-        """The parsed config with these bytes, if this reader has read it."""
-        config = self._parsed.get(config_sha256)
+    def parsed(self, config_sha256: str, path: str) -> dict | None:
+        """The whole parsed config with these bytes (for the copy kept for rollbacks):
+        from memory, or read again from `path` while it still holds those bytes."""
+        config = self._full.get(config_sha256)
+        if config is None:
+            try:
+                raw = _read_config_bytes(path)
+                if hashlib.sha256(raw).hexdigest() != config_sha256:
+                    return None
+                config = _parse(raw)
+            except _Invalid:
+                return None
         return dict(config) if isinstance(config, dict) else None
 
     def reread(self, path: str) -> DesiredPlugin | Problem:
         """One file again, just before a change that depends on it (a replace)."""
         try:
-            return self._read_one(path)
+            return self._read_one(path, set())
         except _Invalid as bad:
             return Problem(path, *bad.problem)
 
-    def _read_one(self, path: str) -> DesiredPlugin:
+    def _summary(self, raw: bytes, digest: str) -> dict:
+        summary = self._summaries.get(digest)
+        if summary is not None:
+            return summary
+        try:
+            config = _parse(raw)
+        except _Invalid as bad:
+            summary = {"error": list(bad.problem)}
+        else:
+            if isinstance(config, dict):
+                if len(self._full) > 4096:
+                    self._full.clear()
+                self._full[digest] = config
+                summary = {"type": "object",
+                           "fields": {k: config[k] for k in ("libpath", "name") if k in config}}
+            else:
+                summary = {"type": _json_type(config)}
+        self._summaries[digest] = summary
+        self._dirty = True
+        return summary
+
+    def _read_one(self, path: str, used: set[str]) -> DesiredPlugin:
         raw = _read_config_bytes(path)
         digest = hashlib.sha256(raw).hexdigest()
-        config = self._parsed.get(digest)
-        if config is None:
-            config = _parse(raw)
-            if len(self._parsed) > 4096:
-                self._parsed.clear()
-            self._parsed[digest] = config
-        if not isinstance(config, dict):
-            raise _Invalid(f"the config must be an object, not {_json_type(config)}")
+        used.add(digest)
+        summary = self._summary(raw, digest)
+        if "error" in summary:
+            raise _Invalid(*summary["error"])
+        if summary["type"] != "object":
+            raise _Invalid(f"the config must be an object, not {summary['type']}")
+        config = summary["fields"]
         libpath = config.get("libpath")
         if not isinstance(libpath, str) or not libpath:
             raise _Invalid("`libpath` is required and must be a non-empty string "
@@ -260,6 +328,7 @@ class DirectoryReader:
         except OSError as exc:
             raise _Invalid(f"plugin library {resolved} is not readable: {exc.strerror}") from None
         self._libraries[resolved] = (key, digest)
+        self._dirty = True
         return digest
 
 
@@ -290,7 +359,8 @@ def _read_config_bytes(path: str) -> bytes:
 
 
 def _parse(raw: bytes) -> object:
-    """Plain JSON takes the C parser; anything else goes to json5, the reference."""
+    """Plain JSON and common JSON5 take the C parser; anything else goes to json5, the
+    reference (and the only source of error messages)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -303,6 +373,12 @@ def _parse(raw: bytes) -> object:
         return json.loads(text)
     except (ValueError, RecursionError):
         pass
+    translated = translate(text)  # the JSON5 people write, rewritten for the C parser
+    if translated is not None:
+        try:
+            return json.loads(translated)
+        except (ValueError, RecursionError):
+            pass  # json5 says what is wrong, with line and column
     try:
         return json5.loads(text)
     except RecursionError:

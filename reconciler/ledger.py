@@ -99,6 +99,7 @@ class LedgerStore:
         self._seq = 0
         self._journal_fd: int | None = None
         self._journal_current = False  # the journal on disk extends the snapshot we read
+        self._copies_written: list[Path] = []
 
     # -- reading ---------------------------------------------------------------
     def load(self) -> Ledger:
@@ -252,9 +253,20 @@ class LedgerStore:
         if path.exists():
             return
         self.copies_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _atomic_write(path, json.dumps(config, indent=1).encode() + b"\n")
+        # Renamed into place but not fsync'd one by one: compact() syncs the folder once.
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(config, indent=1).encode() + b"\n")
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        self._copies_written.append(path)
 
     def _prune_copies(self) -> None:
+        if self._copies_written:
+            _sync(self._copies_written, self.copies_dir)
+            self._copies_written = []
         referenced = {f"{e.config_sha256}.json" for e in self._entries.values()}
         with contextlib.suppress(FileNotFoundError):
             for path in self.copies_dir.iterdir():
@@ -331,6 +343,22 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _sync(paths: list[Path], folder: Path) -> None:
+    """Makes a pass's new copies durable at once, after the pass, not one call each."""
+    with contextlib.suppress(OSError):
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

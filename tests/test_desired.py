@@ -164,3 +164,37 @@ def test_plain_json_and_json5_give_the_same_plugin(ws):
     ws.config("a.json", raw="{libpath: '../libs/liba.so', name: 'a', /* c */}")
     json5_plugin = read(ws).plugins[0]
     assert (json_plugin.name, json_plugin.libpath) == (json5_plugin.name, json5_plugin.libpath)
+
+
+def test_the_parse_cache_is_shared_across_runs_and_holds_no_plugin_values(ws, monkeypatch):
+    import json5
+
+    ws.state.mkdir()
+    cache = ws.state / "cache.json"
+    ws.config("a.json5", name="a", extra='dsn: "postgres://u:hunter2@db/x"')
+    ws.config("u.json5")
+    first = DirectoryReader(cache_path=cache).read(ws.conf)
+    assert cache.exists() and "hunter2" not in cache.read_text()
+    assert cache.stat().st_mode & 0o077 == 0
+    calls = []
+    monkeypatch.setattr(json5, "loads", lambda *a, **k: calls.append(a) or {})
+    second = DirectoryReader(cache_path=cache).read(ws.conf)
+    assert calls == [] and second == first  # nothing parsed again, the same result
+    monkeypatch.undo()
+    ws.config("a.json5", name="renamed")  # new bytes: parsed again, whatever the cache says
+    assert {p.name for p in DirectoryReader(cache_path=cache).read(ws.conf).plugins} == {
+        "renamed", None}
+
+
+def test_a_corrupt_cache_is_ignored(ws):
+    ws.state.mkdir()
+    (ws.state / "cache.json").write_text("{not json")
+    ws.config("a.json5", name="a")
+    assert [p.name for p in DirectoryReader(cache_path=ws.state / "cache.json")
+            .read(ws.conf).plugins] == ["a"]
+
+
+def test_no_cache_is_written_where_there_is_no_state_dir(ws):
+    ws.config("a.json5", name="a")
+    DirectoryReader(cache_path=ws.state / "cache.json").read(ws.conf)
+    assert not ws.state.exists()

@@ -1,0 +1,187 @@
+"""The six benchmarks of docs/performance.md. Each returns table rows; run_all.py prints
+them. Sizes come from the caller: quick (make bench) or full (make bench-full)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import (
+    CLI,
+    ROOT,
+    Workspace,
+    alternate,
+    median,
+    percentile,
+    row,
+    timed,
+    wait_until,
+)
+
+FLOOR = [sys.executable, str(ROOT / "bench" / "floor.py")]
+
+
+def apply_vs_floor(n: int, rounds: int) -> list[str]:
+    """1. `apply` of N new plugins, whole process, against GET + N POSTs."""
+    ws = Workspace(n)
+    try:
+        env = ws.env()
+        floor = lambda: timed([*FLOOR, "apply", ws.node.url, str(ws.node.token_file),  # noqa: E731
+                               str(ws.conf)], env)
+        ours = lambda: ws.cli("apply")  # noqa: E731
+        xs, ys = alternate(floor, ours, rounds, before=ws.fresh)
+        ratio = median(ys) / median(xs)
+        return [row(f"apply {n} new plugins", f"{median(ys) * 1000:.0f} ms",
+                    f"{median(xs) * 1000:.0f} ms (GET + {n} POSTs)", ratio, "<= 1.2x",
+                    ratio <= 1.2 or n < 100)]
+    finally:
+        ws.close()
+
+
+def plan_vs_floor(n: int, rounds: int) -> list[str]:
+    """2. `plan` with N plugins in sync, whole process, against one GET."""
+    ws = Workspace(n)
+    try:
+        ws.cli("apply")
+        cold = ws.cli("plan", "--detailed-exitcode")  # the first plan fills the caches
+        env = ws.env()
+        floor = lambda: timed([*FLOOR, "list", ws.node.url, str(ws.node.token_file)], env)  # noqa: E731
+        ours = lambda: ws.cli("plan", "--detailed-exitcode")  # noqa: E731
+        xs, ys = alternate(floor, ours, rounds)
+        ratio = median(ys) / median(xs)
+        ok = ratio <= 2 and (n < 1000 or median(ys) < 0.5)
+        return [row(f"plan {n} in sync", f"{median(ys) * 1000:.0f} ms (first: "
+                    f"{cold * 1000:.0f} ms)", f"{median(xs) * 1000:.0f} ms (one GET)", ratio,
+                    "<= 2x" + (", < 0.5 s" if n >= 1000 else ""), ok)]
+    finally:
+        ws.close()
+
+
+def start_daemon(ws: Workspace, *args: str) -> subprocess.Popen:
+    proc = subprocess.Popen([*CLI, "run", *args], env=ws.env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_until(lambda: (ws.state / "daemon.json").exists(), timeout=120)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+def event_to_applied(drops: int) -> list[str]:
+    """3. A file dropped by atomic rename, until the node lists its plugin (5 ms polls),
+    with the default debounce, against debounce + one bare POST."""
+    ws = Workspace(10)
+    debounce = 0.25
+    try:
+        proc = start_daemon(ws)
+        wait_until(lambda: len(ws.node.manager.names()) == 11, timeout=30)
+        latencies = []
+        for i in range(drops):
+            name = f"drop{i}"
+            (ws.libs / f"lib{name}.so").write_bytes(b"x")
+            start = time.perf_counter()
+            ws.add(name, atomic=True)
+            wait_until(lambda n=name: n in ws.node.manager.names(), timeout=10)
+            latencies.append(time.perf_counter() - start)
+        stop(proc)
+        import requests
+
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {ws.node.token}"
+        post = []
+        for i in range(20):
+            (ws.libs / f"libbare{i}.so").write_bytes(b"x")
+            path = ws.conf / f"bare{i}.json"
+            path.write_text(f'{{"libpath": "../libs/libbare{i}.so"}}')
+            t = time.perf_counter()
+            session.post(f"{ws.node.url}/v2/mainnet/slipstream/plugins",
+                         json={"config_file": str(path)}).raise_for_status()
+            post.append(time.perf_counter() - t)
+        floor = debounce + median(post)
+        p50, p95, p99 = (percentile(latencies, p) for p in (50, 95, 99))
+        target = debounce + 0.100
+        return [row(f"file event to applied ({drops} drops)",
+                    f"p50 {p50 * 1000:.0f} / p95 {p95 * 1000:.0f} / p99 {p99 * 1000:.0f} ms",
+                    f"{floor * 1000:.0f} ms (debounce + one POST)", p99 / floor,
+                    f"p99 <= {target * 1000:.0f} ms", p99 <= target)]
+    finally:
+        ws.close()
+
+
+def restart_to_converged(restarts: int, probe: float = 2.0) -> list[str]:
+    """4. Node restart (10 managed plugins) until all are back."""
+    ws = Workspace(10)
+    try:
+        proc = start_daemon(ws)
+        wait_until(lambda: len(ws.node.manager.names()) == 11, timeout=30)
+        times = []
+        for _ in range(restarts):
+            ws.node.restart()
+            start = time.perf_counter()
+            wait_until(lambda: len(ws.node.manager.names()) == 11, timeout=30)
+            times.append(time.perf_counter() - start)
+        stop(proc)
+        target = probe + 0.5
+        return [row(f"node restart to re-converged ({restarts} restarts)",
+                    f"p50 {median(times) * 1000:.0f} / max {max(times) * 1000:.0f} ms",
+                    f"{probe * 1000:.0f} ms (probe interval)", max(times) / probe,
+                    f"max <= {target * 1000:.0f} ms", max(times) <= target)]
+    finally:
+        ws.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def idle_daemon(n: int, seconds: float) -> list[str]:
+    """5. An idle daemon with N managed plugins: CPU share and RSS over `seconds`."""
+    ws = Workspace(n)
+    try:
+        proc = start_daemon(ws)
+        wait_until(lambda: len(ws.node.manager.names()) == n + 1, timeout=300)
+        time.sleep(3)  # let the last pass finish before the window opens
+        cpu0, t0 = _cpu_seconds(proc.pid), time.perf_counter()
+        time.sleep(seconds)
+        share = (_cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - t0) * 100
+        rss = _rss_mib(proc.pid)
+        stop(proc)
+        return [row(f"idle daemon, {n} plugins, {seconds:.0f} s", f"{share:.2f} % CPU, "
+                    f"{rss:.0f} MiB RSS", "0.5 % of a core, 80 MiB", share / 0.5,
+                    "<= 0.5 %, <= 80 MiB", share <= 0.5 and rss <= 80)]
+    finally:
+        ws.close()
+
+
+def rate_limited_apply(n: int = 100, rps: int = 10) -> list[str]:
+    """6. `apply` of N plugins against --rest-rps 10 (default pacing), against the floor of
+    N + 1 requests at 10 per second with a burst of 10."""
+    ws = Workspace(n, rest_rps=rps)
+    try:
+        time.sleep(1.1)  # a full bucket, as a node that has been idle has
+        start = time.perf_counter()
+        done = subprocess.run([*CLI, "apply"], env=ws.env(), capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        floor = (n + 1 - rps) / rps
+        throttled = sum(1 for r in ws.node.requests if r.status == 429)
+        ratio = elapsed / floor
+        return [row(f"apply {n} plugins at --rest-rps {rps}",
+                    f"{elapsed:.2f} s, {throttled} x 429, exit {done.returncode}",
+                    f"{floor:.2f} s ({n + 1} requests, burst {rps})", ratio,
+                    "<= 1.15x, no failure", ratio <= 1.15 and done.returncode == 0)]
+    finally:
+        ws.close()
