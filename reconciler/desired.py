@@ -10,6 +10,7 @@ must not unload anything.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -19,8 +20,6 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import json5
 
 from reconciler.errors import ConfigDirError
 from reconciler.json5fast import translate
@@ -134,6 +133,7 @@ class DirectoryReader:
         self.cache_path = cache_path
         self._summaries: dict[str, dict] = {}  # config sha256 -> what validation needs
         self._full: dict[str, dict] = {}  # config sha256 -> parsed config, this process only
+        self._checked: dict[str, tuple | _Invalid] = {}  # sha256 -> (libpath, name) or why not
         self._libraries: dict[str, tuple[tuple[int, ...], str]] = {}
         self._dirty = False
         self._load_cache()
@@ -208,16 +208,18 @@ class DirectoryReader:
         real_directory = os.path.realpath(directory)
         for name in names:
             path = os.path.join(directory, name)
-            if os.path.islink(path):
-                target = os.path.realpath(path)
-                if os.path.commonpath([target, real_directory]) != real_directory:
-                    refusals.append(f"{path} is a symlink leading outside the config "
-                                    f"directory (to {target})")
-                    continue
             try:
-                checks.append((path, os.stat(path), "config file"))
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode):
+                    target = os.path.realpath(path)
+                    if os.path.commonpath([target, real_directory]) != real_directory:
+                        refusals.append(f"{path} is a symlink leading outside the config "
+                                        f"directory (to {target})")
+                        continue
+                    st = os.stat(path)
             except OSError:
                 continue  # reading it will say what is wrong
+            checks.append((path, st, "config file"))
         for path, st, what in checks:
             refusal, warning = self.trust.check(path, st, what)
             if refusal:
@@ -276,20 +278,16 @@ class DirectoryReader:
         raw = _read_config_bytes(path)
         digest = hashlib.sha256(raw).hexdigest()
         used.add(digest)
-        summary = self._summary(raw, digest)
-        if "error" in summary:
-            raise _Invalid(*summary["error"])
-        if summary["type"] != "object":
-            raise _Invalid(f"the config must be an object, not {summary['type']}")
-        config = summary["fields"]
-        libpath = config.get("libpath")
-        if not isinstance(libpath, str) or not libpath:
-            raise _Invalid("`libpath` is required and must be a non-empty string "
-                           "(the path of the plugin library)")
-        name = config.get("name")
-        if name is not None and (not isinstance(name, str) or not name or
-                                 any(unicodedata.category(ch) == "Cc" for ch in name)):
-            raise _Invalid("`name` must be a non-empty string without control characters")
+        checked = self._checked.get(digest)
+        if checked is None:
+            try:
+                checked = _check(self._summary(raw, digest))
+            except _Invalid as bad:
+                checked = bad
+            self._checked[digest] = checked
+        if isinstance(checked, _Invalid):
+            raise _Invalid(*checked.problem)
+        libpath, name = checked
         resolved = os.path.normpath(os.path.join(os.path.dirname(path), libpath))
         return DesiredPlugin(path, name, resolved, digest, self.library_sha256(resolved, libpath))
 
@@ -332,30 +330,55 @@ class DirectoryReader:
         return digest
 
 
+def _check(summary: dict) -> tuple[str, str | None]:
+    """(libpath, name) from what validation needs of a config, or _Invalid."""
+    if "error" in summary:
+        raise _Invalid(*summary["error"])
+    if summary["type"] != "object":
+        raise _Invalid(f"the config must be an object, not {summary['type']}")
+    config = summary["fields"]
+    libpath = config.get("libpath")
+    if not isinstance(libpath, str) or not libpath:
+        raise _Invalid("`libpath` is required and must be a non-empty string "
+                       "(the path of the plugin library)")
+    name = config.get("name")
+    if name is not None and (not isinstance(name, str) or not name or
+                             any(unicodedata.category(ch) == "Cc" for ch in name)):
+        raise _Invalid("`name` must be a non-empty string without control characters")
+    return libpath, name
+
+
 def _read_config_bytes(path: str) -> bytes:
+    """One open, one fstat, one read. O_NONBLOCK: a FIFO put in a config's place must be
+    refused, not waited on (regular files ignore the flag)."""
     try:
-        st = os.stat(path)  # follows symlinks, as ConfigMap volumes need
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise _Invalid("the file vanished while it was being read (or is a dangling "
                        "symlink); it is left as it is until it is back") from None
     except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket cannot be opened at all
+            raise _Invalid("not a regular file") from None
         raise _Invalid(f"cannot read: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise _Invalid("not a regular file")
-    if st.st_size > MAX_CONFIG_BYTES:
-        raise _Invalid(f"the file is {st.st_size} bytes; a config may be at most "
-                       f"{MAX_CONFIG_BYTES} bytes")
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise _Invalid("the file vanished while it was being read; it is left as it is "
-                       "until it is back") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Invalid("not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise _Invalid(f"the file is {st.st_size} bytes; a config may be at most "
+                           f"{MAX_CONFIG_BYTES} bytes")
+        chunks, size = [], 0
+        while chunk := os.read(fd, MAX_CONFIG_BYTES + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_CONFIG_BYTES:
+                raise _Invalid(f"the file grew past {MAX_CONFIG_BYTES} bytes while it was "
+                               "read")
+        return b"".join(chunks)
     except OSError as exc:
         raise _Invalid(f"cannot read: {exc.strerror}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise _Invalid(f"the file grew past {MAX_CONFIG_BYTES} bytes while it was read")
-    return raw
+    finally:
+        os.close(fd)
 
 
 def _parse(raw: bytes) -> object:
@@ -379,6 +402,8 @@ def _parse(raw: bytes) -> object:
             return json.loads(translated)
         except (ValueError, RecursionError):
             pass  # json5 says what is wrong, with line and column
+    import json5  # the reference parser, for what the fast paths leave
+
     try:
         return json5.loads(text)
     except RecursionError:

@@ -24,7 +24,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -99,7 +99,8 @@ class LedgerStore:
         self._seq = 0
         self._journal_fd: int | None = None
         self._journal_current = False  # the journal on disk extends the snapshot we read
-        self._copies_written: list[Path] = []
+        self._background = None  # one thread for durability work, started on first use
+        self._background_work: list = []
 
     # -- reading ---------------------------------------------------------------
     def load(self) -> Ledger:
@@ -204,13 +205,13 @@ class LedgerStore:
         seq, self._seq = self._seq, self._seq + 1
         intent = Intent(seq, action, name, config_file, config_sha256, library_sha256,
                         libpath, time.time())
-        event = {"op": "intent", **asdict(intent)}
+        event = {"op": "intent", **_plain(intent)}
         self._append(event, durable=True)
         self._apply_event(event)
         return seq
 
     def record_put(self, entry: Entry, seq: int | None = None) -> None:
-        self._write({"op": "put", "seq": seq, "entry": asdict(entry)})
+        self._write({"op": "put", "seq": seq, "entry": _plain(entry)})
 
     def record_remove(self, name: str, seq: int | None = None) -> None:
         self._write({"op": "remove", "seq": seq, "name": name})
@@ -229,9 +230,12 @@ class LedgerStore:
         if self._journal_fd is None:
             self._open_journal()
         line = json.dumps(event, separators=(",", ":")).encode() + b"\n"
-        os.write(self._journal_fd, line)
+        os.write(self._journal_fd, line)  # before the call: a crash of ours cannot lose it
         if durable:
-            os.fsync(self._journal_fd)
+            # Flushed to disk while the node call is in flight, not before it: the window
+            # left to a power cut is that one call (a same-host node forgets its run-time
+            # plugins on a power cut anyway). compact() waits for it.
+            self._later(os.fdatasync, self._journal_fd)
 
     def _open_journal(self) -> None:
         self._ensure_dir()
@@ -253,20 +257,27 @@ class LedgerStore:
         if path.exists():
             return
         self.copies_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Renamed into place but not fsync'd one by one: compact() syncs the folder once.
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(config, indent=1).encode() + b"\n")
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        self._copies_written.append(path)
+        # Off the critical path, and not fsync'd: a copy lost to a power cut only means
+        # no rollback for that config (and a same-host node lost its plugins anyway).
+        self._later(_write_private, path, json.dumps(config, indent=1).encode() + b"\n")
+
+    def _later(self, work, *args) -> None:
+        if self._background is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._background = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        self._background_work.append(self._background.submit(work, *args))
+
+    def _settle_background(self) -> None:
+        work, self._background_work = self._background_work, []
+        for future in work:
+            try:
+                future.result()
+            except OSError as exc:
+                raise LedgerError(f"cannot write to the state directory {self.state_dir}: "
+                                  f"{exc.strerror}") from None
 
     def _prune_copies(self) -> None:
-        if self._copies_written:
-            _sync(self._copies_written, self.copies_dir)
-            self._copies_written = []
         referenced = {f"{e.config_sha256}.json" for e in self._entries.values()}
         with contextlib.suppress(FileNotFoundError):
             for path in self.copies_dir.iterdir():
@@ -281,13 +292,14 @@ class LedgerStore:
 
     def compact(self) -> None:
         """Folds the journal into a new snapshot: temp file, fsync, rename, fsync dir."""
+        self._settle_background()
         self._ensure_dir()
         self._generation += 1
         data = {
             "format_version": FORMAT_VERSION,
             "generation": self._generation,
-            "entries": [asdict(e) for e in sorted(self._entries.values(), key=lambda e: e.name)],
-            "pending": [asdict(i) for i in self._pending.values()],
+            "entries": [_plain(e) for e in sorted(self._entries.values(), key=lambda e: e.name)],
+            "pending": [_plain(i) for i in self._pending.values()],
         }
         _atomic_write(self.snapshot_path, json.dumps(data, indent=1).encode() + b"\n")
         if self._journal_fd is not None:
@@ -299,6 +311,7 @@ class LedgerStore:
         self._prune_copies()
 
     def close(self) -> None:
+        self._settle_background()
         if self._journal_fd is not None:
             os.close(self._journal_fd)
             self._journal_fd = None
@@ -345,20 +358,25 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def _sync(paths: list[Path], folder: Path) -> None:
-    """Makes a pass's new copies durable at once, after the pass, not one call each."""
-    with contextlib.suppress(OSError):
-        for path in paths:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _plain(value) -> dict:
+    """A ledger value as a dict of plain values: dataclasses.asdict deep-copies every
+    field, which an append per action does not need."""
+    plain = {name: getattr(value, name) for name in value.__dataclass_fields__}
+    failed = plain.get("failed_replace")
+    if failed is not None:
+        plain["failed_replace"] = {name: getattr(failed, name)
+                                   for name in failed.__dataclass_fields__}
+    return plain
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
