@@ -125,8 +125,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return time.perf_counter() - start
 
 
-def row(name: str, figure: str, baseline: str, ratio: float, target: str, ok: bool) -> str:
-    return f"| {name} | {figure} | {baseline} | {ratio:.2f}x | {target} | {'yes' if ok else 'NO'} |"
+def row(name: str, figure: str, baseline: str, ratio: float, target: str,
+        ok: bool | None) -> str:
+    met = "—" if ok is None else ("yes" if ok else "NO")
+    return f"| {name} | {figure} | {baseline} | {ratio:.2f}x | {target} | {met} |"
 
 
 HEADER = ("| benchmark | measured | baseline (same run) | ratio | target | met |\n"

@@ -22,6 +22,7 @@ import errno
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,8 +100,7 @@ class LedgerStore:
         self._seq = 0
         self._journal_fd: int | None = None
         self._journal_current = False  # the journal on disk extends the snapshot we read
-        self._background = None  # one thread for durability work, started on first use
-        self._background_work: list = []
+        self._background: _Background | None = None  # durability work, off the call path
 
     # -- reading ---------------------------------------------------------------
     def load(self) -> Ledger:
@@ -235,7 +235,7 @@ class LedgerStore:
             # Flushed to disk while the node call is in flight, not before it: the window
             # left to a power cut is that one call (a same-host node forgets its run-time
             # plugins on a power cut anyway). compact() waits for it.
-            self._later(os.fdatasync, self._journal_fd)
+            self._worker.sync(self._journal_fd)
 
     def _open_journal(self) -> None:
         self._ensure_dir()
@@ -259,23 +259,21 @@ class LedgerStore:
         self.copies_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Off the critical path, and not fsync'd: a copy lost to a power cut only means
         # no rollback for that config (and a same-host node lost its plugins anyway).
-        self._later(_write_private, path, json.dumps(config, indent=1).encode() + b"\n")
+        self._worker.write(path, json.dumps(config, indent=1).encode() + b"\n")
 
-    def _later(self, work, *args) -> None:
+    @property
+    def _worker(self) -> _Background:
         if self._background is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._background = ThreadPoolExecutor(1, thread_name_prefix="ledger")
-        self._background_work.append(self._background.submit(work, *args))
+            self._background = _Background()
+        return self._background
 
     def _settle_background(self) -> None:
-        work, self._background_work = self._background_work, []
-        for future in work:
-            try:
-                future.result()
-            except OSError as exc:
-                raise LedgerError(f"cannot write to the state directory {self.state_dir}: "
-                                  f"{exc.strerror}") from None
+        if self._background is None:
+            return
+        error = self._background.settle()
+        if error is not None:
+            raise LedgerError(f"cannot write to the state directory {self.state_dir}: "
+                              f"{error.strerror}")
 
     def _prune_copies(self) -> None:
         referenced = {f"{e.config_sha256}.json" for e in self._entries.values()}
@@ -356,6 +354,57 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+class _Background:
+    """One thread for the ledger's durability work, off the path of the node calls:
+    flushing the journal (requests coalesce: one fdatasync covers every line written
+    before it) and writing rollback copies."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._sync_fd: int | None = None
+        self._copies: list[tuple[Path, bytes]] = []
+        self._busy = False
+        self._error: OSError | None = None
+        threading.Thread(target=self._run, name="ledger", daemon=True).start()
+
+    def sync(self, fd: int) -> None:
+        with self._cond:
+            self._sync_fd = fd
+            self._cond.notify_all()
+
+    def write(self, path: Path, data: bytes) -> None:
+        with self._cond:
+            self._copies.append((path, data))
+            self._cond.notify_all()
+
+    def settle(self) -> OSError | None:
+        """Waits until everything asked for is done; the first error, if any."""
+        with self._cond:
+            while self._busy or self._sync_fd is not None or self._copies:
+                self._cond.wait()
+            error, self._error = self._error, None
+            return error
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._sync_fd is None and not self._copies:
+                    self._cond.wait()
+                fd, self._sync_fd = self._sync_fd, None
+                copies, self._copies = self._copies, []
+                self._busy = True
+            try:
+                for path, data in copies:
+                    _write_private(path, data)
+                if fd is not None:
+                    os.fdatasync(fd)
+            except OSError as exc:
+                self._error = self._error or exc
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
 
 
 def _plain(value) -> dict:
