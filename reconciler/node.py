@@ -119,6 +119,10 @@ class Pacer:
         self._tat = 0.0
         self._lock = threading.Lock()
 
+    @property
+    def interval(self) -> float:
+        return self._interval
+
     def wait(self) -> None:
         if not self._interval:
             return
@@ -154,7 +158,6 @@ class NodeClient:
         self.session = requests.Session()
         self.session.verify = verify
         self.session.trust_env = False  # no proxy between us and a node on this host
-        self.requests_sent = 0
         self.on_response: Callable[[str, int], None] | None = None
 
     @property
@@ -242,7 +245,6 @@ class NodeClient:
         except requests.exceptions.RequestException as exc:
             raise NodeUnreachable(f"cannot reach the node at {self.shown}: "
                                   f"{_reason(exc)}") from None
-        self.requests_sent += 1
         if self.on_response is not None:
             self.on_response(method, response.status_code)
         if 300 <= response.status_code < 400:
@@ -337,7 +339,7 @@ def _retry_after(answer: _Answer, pacer: Pacer) -> float:
     match = _WAIT.search(answer.text)
     if match:
         return min(float(match.group(1)), 10.0) + 0.01
-    return max(pacer._interval, 0.1)
+    return max(pacer.interval, 0.1)
 
 
 def _reason(exc: Exception) -> str:

@@ -249,3 +249,34 @@ def test_keep_alive_connections_are_reused(node):
     assert node.open_connections == 1
     session.close()
     wait_for(lambda: node.open_connections == 0, message="the connection to close")
+
+
+def test_the_node_command_restarts_on_sigusr1_and_stops_on_sigterm(ws):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import SCRIPT
+
+    boot = ws.config("boot.json5", name="boot")
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "reconciler"]
+    proc = subprocess.Popen([*command, "node", "--rest", "127.0.0.1:0", "--data-dir",
+                             str(ws.node_data), "--slipstream-config", str(boot)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        url = re.search(r"listening on (\S+) ", proc.stderr.readline()).group(1)
+        assert proc.stderr.readline().startswith("Your one-time JWT token is ")
+        token_file = next(ws.node_data.glob("jwt_secret_*.txt"))
+        first = token_file.read_text()
+        listed = requests.get(url + "/v2/mainnet/slipstream/plugins", timeout=5,
+                              headers={"Authorization": f"Bearer {first}"})
+        assert listed.json() == ["boot"]
+        proc.send_signal(signal.SIGUSR1)
+        assert "listening on" in proc.stderr.readline()
+        wait_for(lambda: token_file.read_text() != first, message="a new token file")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
