@@ -179,7 +179,7 @@ class Daemon:
         elif outcome == "error":
             delay = self.backoff.next()
             self.trigger.retry_in(delay)
-            self.summary = f"{_first_clause(error)}; retrying in {delay:.0f} s"
+            self.summary = f"{error}; retrying in {delay:.0f} s"
             log.warning("pass failed: %s (retrying in %.1f s)", error, delay)
         else:
             self.summary = f"blocked: {error}"
@@ -363,10 +363,6 @@ def _summary(counts: dict[str, int]) -> str:
         if counts.get(state):
             parts.append(f"{counts[state]} {state}")
     return ", ".join(parts)
-
-
-def _first_clause(text: str | None) -> str:
-    return (text or "error").split(": start snarkOS")[0]
 
 
 def _short(path: str | None) -> str:
