@@ -96,7 +96,8 @@ class Reconciler:
         self.settings = settings
         self.policy = policy
         self.reader = reader or DirectoryReader(Trust(settings.allow_writable),
-                                                cache_path=settings.state / "cache.json")
+                                                cache_path=settings.state / "cache.json",
+                                                check_libraries=settings.check_libraries)
         self.store = LedgerStore(settings.state)
         self.live_override = live_override
         self._client = client

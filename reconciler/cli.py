@@ -29,6 +29,7 @@ from reconciler.options import (
     AllowWritable,
     ConfigDir,
     DetailedExit,
+    NoLibraryCheck,
     Output,
     OutputOpt,
     PruneOpt,
@@ -105,6 +106,7 @@ def _main(
 @guarded
 def validate(config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR),
              insecure_allow_writable: AllowWritable = False,
+             no_library_check: NoLibraryCheck = False,
              output: OutputOpt = Output.text) -> None:
     """Check every config file offline: JSON5, libpath, library, names, permissions.
 
@@ -114,7 +116,8 @@ def validate(config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR),
     from reconciler import render
     from reconciler.desired import DirectoryReader, Trust
 
-    desired = DirectoryReader(Trust(insecure_allow_writable)).read(config_dir)
+    desired = DirectoryReader(Trust(insecure_allow_writable),
+                              check_libraries=not no_library_check).read(config_dir)
     if output is Output.json:
         _emit(render.validate_json(desired))
     else:
@@ -129,7 +132,7 @@ def validate(config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR),
 @with_policy
 def plan(
     settings: Settings, policy, output: OutputOpt = Output.text,
-    detailed_exitcode: DetailedExit = False,
+    detailed_exitcode: DetailedExit = False, no_library_check: NoLibraryCheck = False,
     live_from: Annotated[Path | None, typer.Option(
         "--live-from", help="Plan against a saved JSON array of live plugin names instead of "
                             "asking the node (CI without credentials).")] = None,
@@ -140,12 +143,14 @@ def plan(
 
     Example: slipstream-reconciler plan --detailed-exitcode
     Exit 1 on any error (invalid files included; the plan is still printed), else 0,
-    or with --detailed-exitcode 0 for no changes and 2 for changes.
+    or with --detailed-exitcode 2 when the node would change (load, replace, unload;
+    adopt and forget touch only the ledger) and 0 otherwise.
     """
     from reconciler import render
     from reconciler.apply import Reconciler
 
     live = _read_live(live_from) if live_from is not None else None
+    settings = replace(settings, check_libraries=not no_library_check)
     reconciler = Reconciler(settings, policy, live_override=live)
     the_plan, mark = reconciler.plan()
     shown = settings.shown_url if live is None else f"(live state from {live_from})"
@@ -159,7 +164,7 @@ def plan(
                    policy)
     if the_plan.invalid or the_plan.blocked:
         raise typer.Exit(ERROR)
-    raise typer.Exit(CHANGES if detailed_exitcode and the_plan.has_changes else OK)
+    raise typer.Exit(CHANGES if detailed_exitcode and the_plan.changes_node else OK)
 
 
 def _read_live(path: Path) -> list[str]:

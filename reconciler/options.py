@@ -44,6 +44,10 @@ AllowWritable = Annotated[bool, typer.Option(
     "--insecure-allow-writable", envvar="SLIPSTREAM_INSECURE_ALLOW_WRITABLE",
     help="Development only: accept a config directory or files that others can write.")]
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text or json.")]
+NoLibraryCheck = Annotated[bool, typer.Option(
+    "--no-library-check",
+    help="Do not require or hash the plugin libraries (CI, where the .so files are not "
+         "checked out); a changed library then goes unnoticed.")]
 DetailedExit = Annotated[bool, typer.Option(
     "--detailed-exitcode", help="Exit 2 when there are (or were) changes, 0 when none.")]
 

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from reconciler.desired import Desired, DesiredPlugin, Problem
+from reconciler.desired import UNCHECKED, Desired, DesiredPlugin, Problem
 from reconciler.ledger import Entry, Ledger
 
 
@@ -89,6 +89,13 @@ class Plan:
     @property
     def has_changes(self) -> bool:
         return bool(self.changes)
+
+    @property
+    def changes_node(self) -> bool:
+        """Whether applying would change the node (adopt and forget touch the ledger only):
+        what `plan --detailed-exitcode` reports."""
+        return any(c.action in (Action.LOAD, Action.REPLACE, Action.UNLOAD)
+                   for c in self.changes)
 
 
 ORDER = (Action.FORGET, Action.ADOPT, Action.UNLOAD, Action.REPLACE, Action.LOAD)
@@ -193,7 +200,7 @@ def _for_desired(plugin: DesiredPlugin, entry: Entry | None, live: set[str]) -> 
         return change(Action.LOAD, "missing from the node (restarted, or unloaded by hand)")
     if entry.config_sha256 != plugin.config_sha256:
         return change(Action.REPLACE, "config changed")
-    if entry.library_sha256 != plugin.library_sha256:
+    if entry.library_sha256 != plugin.library_sha256 and plugin.library_sha256 != UNCHECKED:
         return change(Action.REPLACE, "library changed")
     if entry.config_file != plugin.config_file:
         return change(Action.REPLACE, f"config file moved from {_short(entry.config_file)}")

@@ -37,6 +37,7 @@ class Settings:
     ca_file: Path | None = None
     insecure_skip_verify: bool = False
     allow_writable: bool = False
+    check_libraries: bool = True  # False only for validate/plan in CI (--no-library-check)
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
