@@ -26,8 +26,6 @@ import typer
 from reconciler import __version__
 from reconciler.errors import ReconcilerError, SettingsError
 from reconciler.options import (
-    AllowWritable,
-    ConfigDir,
     DetailedExit,
     NoLibraryCheck,
     Output,
@@ -36,7 +34,7 @@ from reconciler.options import (
     with_policy,
     with_settings,
 )
-from reconciler.settings import DEFAULT_CONFIG_DIR, Settings
+from reconciler.settings import Settings
 
 OK, ERROR, CHANGES, NOT_CONVERGED = 0, 1, 2, 3
 
@@ -101,28 +99,96 @@ def _main(
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
 
 
+# -- reports: one command's result for one node, printed here or gathered by a fleet ----
+TargetsOpt = Annotated[Path | None, typer.Option(
+    "--targets", envvar="SLIPSTREAM_TARGETS",
+    help="A JSON5 list of nodes ({name, node_url, network, config_dir, node_config_dir, "
+         "jwt_token_file | jwt_secret_file, state_dir}): run against each, then a summary.")]
+WorkersOpt = Annotated[int, typer.Option(
+    "--workers", help="With --targets: how many nodes at once.")]
+SEVERITY = (ERROR, NOT_CONVERGED, CHANGES, OK)
+MEANING = {OK: "ok", CHANGES: "changes / out of sync", NOT_CONVERGED: "did not converge",
+           ERROR: "error"}
+
+
+def _show(report) -> None:
+    for block in report.out:
+        typer.echo(block)
+    for line in report.err:
+        typer.echo(line, err=True)
+    raise typer.Exit(report.code)
+
+
+def _fleet(targets_file: Path, settings: Settings, job, output: Output, workers: int = 4,
+           in_order: bool = False, keep_going: bool = False) -> None:
+    from reconciler import fleet
+
+    targets = fleet.read_targets(targets_file, settings)
+    if in_order:
+        def header(target) -> None:
+            if output is Output.text:
+                typer.echo(f"== {target.name} ({target.settings.shown_url})")
+
+        reports = fleet.run_in_order(targets, job, keep_going, lambda code: code in (
+            ERROR, NOT_CONVERGED), before=header)
+    else:
+        reports = fleet.run_together(targets, job, workers)
+    codes = [r.code for r in reports if r is not None]
+    if output is Output.json:
+        _emit({"format_version": 1, "targets": [
+            {"name": t.name, "node": t.settings.shown_url,
+             "exit_code": None if r is None else r.code,
+             "report": None if r is None else r.data} for t, r in zip(targets, reports,
+                                                                   strict=True)]})
+    else:
+        for target, report in zip(targets, reports, strict=True):
+            if report is None:
+                continue
+            if not in_order:
+                typer.echo(f"== {target.name} ({target.settings.shown_url})")
+            for block in report.out:
+                typer.echo(block)
+            for line in report.err:
+                typer.echo(line, err=True)
+            typer.echo("")
+        typer.echo(fleet.summary(targets, reports, lambda c: MEANING.get(c, str(c))))
+    raise typer.Exit(fleet.most_severe(codes, SEVERITY))
+
+
+def _as_report(output: Output, code: int, text: str, data: dict, err=()):
+    from reconciler.fleet import Report
+
+    out = [json.dumps(data, indent=2)] if output is Output.json else [text]
+    return Report(code, out, list(err), data)
+
+
 # -- validate ---------------------------------------------------------------------------
 @app.command()
 @guarded
-def validate(config_dir: ConfigDir = Path(DEFAULT_CONFIG_DIR),
-             insecure_allow_writable: AllowWritable = False,
-             no_library_check: NoLibraryCheck = False,
-             output: OutputOpt = Output.text) -> None:
+@with_settings
+def validate(settings: Settings, no_library_check: NoLibraryCheck = False,
+             output: OutputOpt = Output.text, targets: TargetsOpt = None,
+             workers: WorkersOpt = 4) -> None:
     """Check every config file offline: JSON5, libpath, library, names, permissions.
 
     Example: slipstream-reconciler validate --config-dir /etc/slipstream/plugins.d
     Exit 0 when all are valid, 1 otherwise.
     """
+    job = functools.partial(_validate_report, no_library_check=no_library_check,
+                            output=output)
+    if targets is not None:
+        _fleet(targets, settings, job, output, workers)
+    _show(job(settings))
+
+
+def _validate_report(settings: Settings, no_library_check: bool, output: Output):
     from reconciler import render
     from reconciler.desired import DirectoryReader, Trust
 
-    desired = DirectoryReader(Trust(insecure_allow_writable),
-                              check_libraries=not no_library_check).read(config_dir)
-    if output is Output.json:
-        _emit(render.validate_json(desired))
-    else:
-        typer.echo(render.validate_text(desired))
-    raise typer.Exit(ERROR if desired.invalid else OK)
+    desired = DirectoryReader(Trust(settings.allow_writable),
+                              check_libraries=not no_library_check).read(settings.config_dir)
+    return _as_report(output, ERROR if desired.invalid else OK, render.validate_text(desired),
+                      render.validate_json(desired))
 
 
 # -- plan -------------------------------------------------------------------------------
@@ -138,6 +204,7 @@ def plan(
                             "asking the node (CI without credentials).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Save the plan for `apply --plan FILE`.")] = None,
+    targets: TargetsOpt = None, workers: WorkersOpt = 4,
 ) -> None:
     """Show what apply would change, without changing anything.
 
@@ -146,25 +213,36 @@ def plan(
     or with --detailed-exitcode 2 when the node would change (load, replace, unload;
     adopt and forget touch only the ledger) and 0 otherwise.
     """
+    settings = replace(settings, check_libraries=not no_library_check)
+    if targets is not None:
+        if live_from is not None or out is not None:
+            raise SettingsError("--live-from and --out plan one node; not with --targets")
+        _fleet(targets, settings, functools.partial(
+            _plan_report, policy=policy, output=output, detailed_exitcode=detailed_exitcode),
+            output, workers)
+    _show(_plan_report(settings, policy, output, detailed_exitcode, live_from, out))
+
+
+def _plan_report(settings: Settings, policy, output: Output, detailed_exitcode: bool,
+                 live_from: Path | None = None, out: Path | None = None):
     from reconciler import render
     from reconciler.apply import Reconciler
 
     live = _read_live(live_from) if live_from is not None else None
-    settings = replace(settings, check_libraries=not no_library_check)
     reconciler = Reconciler(settings, policy, live_override=live)
     the_plan, mark = reconciler.plan()
     shown = settings.shown_url if live is None else f"(live state from {live_from})"
-    if output is Output.json:
-        _emit(render.plan_json(the_plan, shown, settings.network))
-    else:
-        typer.echo(render.plan_text(the_plan, str(settings.config_dir.absolute()), shown,
-                                    settings.network))
+    data = render.plan_json(the_plan, shown, settings.network)
     if out is not None:
-        _save_plan(out, render.plan_json(the_plan, shown, settings.network), mark, settings,
-                   policy)
+        _save_plan(out, data, mark, settings, policy)
+    code = OK
     if the_plan.invalid or the_plan.blocked:
-        raise typer.Exit(ERROR)
-    raise typer.Exit(CHANGES if detailed_exitcode and the_plan.changes_node else OK)
+        code = ERROR
+    elif detailed_exitcode and the_plan.changes_node:
+        code = CHANGES
+    text = render.plan_text(the_plan, str(settings.config_dir.absolute()), shown,
+                            settings.network)
+    return _as_report(output, code, text, data)
 
 
 def _read_live(path: Path) -> list[str]:
@@ -211,20 +289,23 @@ def apply(
     plan_file: Annotated[Path | None, typer.Option(
         "--plan", help="Apply a plan saved by `plan --out`; refused if anything changed "
                        "since.")] = None,
+    targets: TargetsOpt = None,
+    keep_going: Annotated[bool, typer.Option(
+        "--keep-going", help="With --targets: go on after a target fails.")] = False,
 ) -> None:
     """Converge the node to the config directory: unloads, then replaces, then loads.
 
     Example: slipstream-reconciler apply --jwt-token-file /var/lib/aleo/jwt_secret_aleo1….txt
     Exit 0 converged (2 with changes made, under --detailed-exitcode); 3 the pass ran but
     did not converge (a failed action, an invalid file, a failed replace); 1 the pass could
-    not run.
+    not run. With --targets: target by target, stopping at the first that fails.
     """
-    from reconciler import render
-    from reconciler.apply import Reconciler
     from reconciler.options import build_policy
 
     expect = None
     if plan_file is not None:
+        if targets is not None:
+            raise SettingsError("--plan applies one node's saved plan; not with --targets")
         saved = _load_saved_plan(plan_file)
         expect = saved["fingerprint"]
         settings = replace(settings, config_dir=Path(saved["config_dir"]))
@@ -232,15 +313,26 @@ def apply(
         policy = build_policy(PruneOpt(kept.get("prune", policy.prune.value)),
                               bool(kept.get("allow_empty", policy.allow_empty)),
                               kept.get("max_unloads", policy.max_unloads))
+    job = functools.partial(_apply_report, policy=policy, output=output,
+                            detailed_exitcode=detailed_exitcode)
+    if targets is not None:
+        _fleet(targets, settings, job, output, in_order=True, keep_going=keep_going)
+    _show(job(settings, expect=expect))
+
+
+def _apply_report(settings: Settings, policy, output: Output, detailed_exitcode: bool,
+                  expect: str | None = None):
+    from reconciler import render
+    from reconciler.apply import Reconciler
+
     reconciler = Reconciler(settings, policy)
     directory = str(settings.config_dir.absolute())
     text = output is Output.text
+    live = sys.stdout.isatty()
 
     def waiting() -> None:
         typer.echo("waiting for the pass in flight (the daemon or another apply) to finish…",
                    err=True)
-
-    live = sys.stdout.isatty()
 
     def progress(outcome) -> None:
         if text:  # flushed line by line only where a person watches: 1000 loads, 1000 writes
@@ -249,22 +341,23 @@ def apply(
                 sys.stdout.flush()
 
     result = reconciler.run_pass(expect, on_wait=waiting, on_outcome=progress)
-    if output is Output.json:
-        _emit(render.apply_json(result, settings.shown_url, settings.network))
-    else:
-        if result.plan.invalid or result.plan.blocked or not result.outcomes:
-            typer.echo(render.plan_text(result.plan, directory, settings.shown_url,
-                                        settings.network))
-        for failure in result.failures:
-            typer.echo(f"error: {failure.change.label}: {failure.message}", err=True)
-        if not result.plan.blocked:
-            typer.echo(render.apply_summary(result))
+    sys.stdout.flush()
+    lines = []
+    if result.plan.invalid or result.plan.blocked or not result.outcomes:
+        lines.append(render.plan_text(result.plan, directory, settings.shown_url,
+                                      settings.network))
+    if not result.plan.blocked:
+        lines.append(render.apply_summary(result))
+    err = [f"error: {f.change.label}: {f.message}" for f in result.failures]
     if result.plan.blocked:
-        typer.echo(f"error: {result.plan.blocked}", err=True)
-        raise typer.Exit(ERROR)
-    if not result.converged:
-        raise typer.Exit(NOT_CONVERGED)
-    raise typer.Exit(CHANGES if detailed_exitcode and result.changed else OK)
+        code = ERROR
+        err.append(f"error: {result.plan.blocked}")
+    elif not result.converged:
+        code = NOT_CONVERGED
+    else:
+        code = CHANGES if detailed_exitcode and result.changed else OK
+    return _as_report(output, code, "\n".join(lines),
+                      render.apply_json(result, settings.shown_url, settings.network), err)
 
 
 # -- status -----------------------------------------------------------------------------
@@ -272,12 +365,20 @@ def apply(
 @guarded
 @with_settings
 @with_policy
-def status(settings: Settings, policy, output: OutputOpt = Output.text) -> None:
+def status(settings: Settings, policy, output: OutputOpt = Output.text,
+           targets: TargetsOpt = None, workers: WorkersOpt = 4) -> None:
     """Where each plugin stands: in-sync, pending-*, unmanaged, invalid, stalled, …
 
     Example: slipstream-reconciler status -o json
     Exit 0 in sync, 2 out of sync, 1 error.
     """
+    job = functools.partial(_status_report, policy=policy, output=output)
+    if targets is not None:
+        _fleet(targets, settings, job, output, workers)
+    _show(job(settings))
+
+
+def _status_report(settings: Settings, policy, output: Output):
     from reconciler import render
     from reconciler.apply import Reconciler
     from reconciler.daemon import read_record, running
@@ -295,17 +396,15 @@ def status(settings: Settings, policy, output: OutputOpt = Output.text) -> None:
     meta = {"node": settings.shown_url, "network": settings.network, "api_prefix": prefix,
             "config_dir": directory, "in_sync": in_sync(rows),
             "daemon": render.daemon_json(record, alive)}
-    if output is Output.json:
-        _emit(render.status_json(rows, meta))
-    else:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(render.status_counts(rows).items()))
-        footer = (f"node {settings.shown_url} · network {settings.network} · api {prefix} · "
-                  f"{counts or 'no plugins'}")
-        daemon_line = render.daemon_line(record, alive)
-        if daemon_line:
-            footer += "\n" + daemon_line
-        typer.echo(render.status_text(rows, directory, footer))
-    raise typer.Exit(OK if in_sync(rows) else CHANGES)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(render.status_counts(rows).items()))
+    footer = (f"node {settings.shown_url} · network {settings.network} · api {prefix} · "
+              f"{counts or 'no plugins'}")
+    daemon_line = render.daemon_line(record, alive)
+    if daemon_line:
+        footer += "\n" + daemon_line
+    return _as_report(output, OK if in_sync(rows) else CHANGES,
+                      render.status_text(rows, directory, footer),
+                      render.status_json(rows, meta))
 
 
 # -- run: the daemon -----------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""A fleet of nodes: one command, every target.
+
+`--targets FILE` (JSON5) lists the nodes: `[{name, node_url, network, config_dir,
+node_config_dir, jwt_token_file | jwt_secret_file, state_dir}]`. Read-only commands
+(validate, plan, status) run against every target at once with a bounded number of
+workers; apply goes target by target and stops at the first target that fails unless told
+to keep going. Each target keeps its own state directory (its own ledger), by default
+`<state-dir>/targets/<name>`. The daemon stays one per node host.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from reconciler.errors import ReconcilerError, SettingsError
+from reconciler.settings import Settings
+
+KEYS = {"name", "node_url", "network", "config_dir", "node_config_dir", "jwt_token_file",
+        "jwt_secret_file", "state_dir"}
+PATHS = {"config_dir", "node_config_dir", "jwt_token_file", "jwt_secret_file", "state_dir"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    settings: Settings
+
+
+@dataclass
+class Report:
+    """What one command produced for one node: its exit code, its text, its JSON."""
+
+    code: int
+    out: list[str] = field(default_factory=list)
+    err: list[str] = field(default_factory=list)
+    data: dict | None = None
+
+
+def read_targets(path: Path, base: Settings) -> list[Target]:
+    import json5
+
+    try:
+        raw = json5.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"--targets {path}: {exc}") from None
+    if not isinstance(raw, list) or not raw:
+        raise SettingsError(f"--targets {path} must hold a non-empty list of targets")
+    targets, seen = [], set()
+    for number, item in enumerate(raw, 1):
+        where = f"--targets {path}, target {number}"
+        if not isinstance(item, dict):
+            raise SettingsError(f"{where}: a target is an object")
+        unknown = set(item) - KEYS
+        if unknown:
+            raise SettingsError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        name = item.get("name")
+        if not isinstance(name, str) or not _NAME.match(name) or name in seen:
+            raise SettingsError(f"{where}: `name` must be a unique word of letters, digits, "
+                                "'.', '_' or '-'")
+        seen.add(name)
+        for key in ("node_url", "config_dir"):
+            if not isinstance(item.get(key), str):
+                raise SettingsError(f"{where} ({name}): `{key}` is required")
+        values = {k: (Path(v) if k in PATHS else v) for k, v in item.items() if k != "name"}
+        values.setdefault("state_dir", base.state / "targets" / name)
+        values.setdefault("jwt_token_file", None)
+        values.setdefault("jwt_secret_file", None)
+        values.setdefault("node_config_dir", None)
+        try:
+            targets.append(Target(name, replace(base, **values)))
+        except ReconcilerError as exc:
+            raise SettingsError(f"{where} ({name}): {exc}") from None
+    return targets
+
+
+def guarded(job: Callable[[Settings], Report]) -> Callable[[Target], Report]:
+    """One target's error is that target's result, not the fleet's end."""
+
+    def run(target: Target) -> Report:
+        try:
+            return job(target.settings)
+        except ReconcilerError as exc:
+            return Report(1, [], [f"error: {exc}"], {"error": str(exc)})
+
+    return run
+
+
+def run_together(targets: list[Target], job: Callable[[Settings], Report],
+                 workers: int) -> list[Report]:
+    with ThreadPoolExecutor(max(1, min(workers, len(targets)))) as pool:
+        return list(pool.map(guarded(job), targets))
+
+
+def run_in_order(targets: list[Target], job: Callable[[Settings], Report], keep_going: bool,
+                 failed: Callable[[int], bool],
+                 before: Callable[[Target], None] | None = None) -> list[Report | None]:
+    """Target by target; after the first failure the rest are skipped (None) unless
+    keep_going."""
+    reports: list[Report | None] = []
+    stopped = False
+    for target in targets:
+        if stopped:
+            reports.append(None)
+            continue
+        if before is not None:
+            before(target)
+        report = guarded(job)(target)
+        reports.append(report)
+        stopped = failed(report.code) and not keep_going
+    return reports
+
+
+def most_severe(codes: list[int], order: tuple[int, ...]) -> int:
+    """The exit code that matters most, by the command's own order of severity."""
+    for code in order:
+        if code in codes:
+            return code
+    return max(codes, default=0)
+
+
+def summary(targets: list[Target], reports: list[Report | None],
+            meaning: Callable[[int], str]) -> str:
+    rows = [("TARGET", "NODE", "EXIT", "RESULT")]
+    for target, report in zip(targets, reports, strict=True):
+        if report is None:
+            rows.append((target.name, target.settings.shown_url, "-", "skipped (an earlier "
+                         "target failed; --keep-going to go on)"))
+        else:
+            rows.append((target.name, target.settings.shown_url, str(report.code),
+                         meaning(report.code)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}".rstrip()
+                     for a, b, c, d in rows)

@@ -1,0 +1,77 @@
+"""A fleet: one command over several nodes, each with its own directory and ledger."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import no_traceback
+
+
+def fleet(ws, make_node, *, down: str | None = None):
+    """Two nodes ('alpha', 'beta'), each with its own config directory and token."""
+    entries, nodes = [], {}
+    for name in ("alpha", "beta"):
+        conf = ws.root / f"conf-{name}"
+        conf.mkdir()
+        lib = ws.library(f"{name}-plugin")
+        (conf / "p.json5").write_text(f'{{libpath: "{lib}", name: "{name}-plugin"}}')
+        node = make_node(data_dir=ws.root / f"node-{name}")
+        nodes[name] = node
+        url = node.url
+        if name == down:
+            node.stop()
+        entries.append({"name": name, "node_url": url, "config_dir": str(conf),
+                        "jwt_token_file": str(node.token_file)})
+    path = ws.root / "targets.json5"
+    path.write_text("// the fleet\n" + json.dumps(entries, indent=2))
+    return path, nodes
+
+
+def test_plan_and_status_run_on_every_target_with_a_summary(cli, ws, make_node):
+    targets, _ = fleet(ws, make_node)
+    plan = cli("plan", "--targets", str(targets), "--detailed-exitcode")
+    assert plan.code == 2, plan.err
+    assert "== alpha (" in plan.out and "== beta (" in plan.out
+    assert "+ load     alpha-plugin" in plan.out and "+ load     beta-plugin" in plan.out
+    assert "TARGET" in plan.out and "changes / out of sync" in plan.out
+    data = cli("status", "--targets", str(targets), "-o", "json").json
+    assert [t["name"] for t in data["targets"]] == ["alpha", "beta"]
+    assert all(t["exit_code"] == 2 for t in data["targets"])
+
+
+def test_apply_goes_target_by_target_each_with_its_own_ledger(cli, ws, make_node):
+    targets, nodes = fleet(ws, make_node)
+    result = cli("apply", "--targets", str(targets))
+    assert result.code == 0, result.out + result.err
+    assert "alpha-plugin" in nodes["alpha"].manager.names()
+    assert "beta-plugin" in nodes["beta"].manager.names()
+    assert (ws.state / "targets" / "alpha" / "ledger.json").exists()
+    assert (ws.state / "targets" / "beta" / "ledger.json").exists()
+    assert cli("status", "--targets", str(targets)).code == 0
+
+
+def test_apply_stops_at_the_first_failing_target_unless_told_to_keep_going(cli, ws,
+                                                                            make_node):
+    targets, nodes = fleet(ws, make_node, down="alpha")
+    stopped = cli("apply", "--targets", str(targets))
+    assert stopped.code == 1
+    assert "skipped" in stopped.out and "beta-plugin" not in nodes["beta"].manager.names()
+    no_traceback(stopped)
+    kept = cli("apply", "--targets", str(targets), "--keep-going")
+    assert kept.code == 1 and "beta-plugin" in nodes["beta"].manager.names()
+
+
+def test_the_most_severe_result_is_the_exit_code(cli, ws, make_node):
+    targets, _ = fleet(ws, make_node)
+    (ws.root / "conf-beta" / "p.json5").write_text("{broken")
+    result = cli("validate", "--targets", str(targets))
+    assert result.code == 1 and "p.json5:1:" in result.out
+
+
+def test_a_bad_targets_file_is_one_clear_line(cli, ws):
+    path = ws.root / "targets.json5"
+    path.write_text('[{name: "a", node_url: "http://127.0.0.1:1", config_dir: "/x", '
+                    'nodeurl: "typo"}]')
+    result = cli("plan", "--targets", str(path))
+    assert result.code == 1 and "unknown key(s) nodeurl" in result.err
+    no_traceback(result)
