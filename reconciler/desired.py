@@ -18,6 +18,7 @@ import re
 import stat
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,23 +93,32 @@ class UntrustedConfig(ConfigDirError):
     or file others could have written is refused as a whole."""
 
 
+def mounted_read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class Trust:
     allow_writable: bool = False  # --insecure-allow-writable: development only
     uid: int = field(default_factory=os.geteuid)
+    read_only: Callable[[str], bool] = mounted_read_only
 
     def check(self, path: str, st: os.stat_result, what: str) -> tuple[str | None, str | None]:
-        """(refusal, warning) for one directory or file."""
+        """(refusal, warning) for one directory or file. Mode bits mean nothing on a
+        read-only mount: a Kubernetes ConfigMap volume's root is 0777, mounted read-only."""
         if self.allow_writable:
             return None, None
         mode = stat.S_IMODE(st.st_mode)
-        if mode & stat.S_IWOTH:
+        if mode & stat.S_IWOTH and not self.read_only(path):
             return (f"{what} {path} is world-writable (mode {mode:o}): anyone on this host "
                     "could make the node load code", None)
         if st.st_uid not in (0, self.uid):
             return (f"{what} {path} is owned by uid {st.st_uid}, neither root nor the user "
                     f"running the reconciler (uid {self.uid})", None)
-        if mode & stat.S_IWGRP:
+        if mode & stat.S_IWGRP and not mode & stat.S_IWOTH:
             return None, f"{what} {path} is group-writable (mode {mode:o}); chmod g-w it"
         return None, None
 

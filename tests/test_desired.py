@@ -198,3 +198,37 @@ def test_no_cache_is_written_where_there_is_no_state_dir(ws):
     ws.config("a.json5", name="a")
     DirectoryReader(cache_path=ws.state / "cache.json").read(ws.conf)
     assert not ws.state.exists()
+
+
+def test_a_configmap_volume_root_is_0777_but_read_only_and_accepted(ws):
+    """The kubelet mounts ConfigMap volumes read-only with a 0777 root: not writable."""
+    from reconciler.desired import Trust, UntrustedConfig
+
+    ws.config("a.json5", name="a")
+    os.chmod(ws.conf, 0o777)
+    with pytest.raises(UntrustedConfig, match="world-writable"):
+        DirectoryReader(Trust()).read(ws.conf)
+    read_only = Trust(read_only=lambda path: path == str(ws.conf))
+    assert [p.name for p in DirectoryReader(read_only).read(ws.conf).plugins] == ["a"]
+
+
+def test_a_real_read_only_mount_with_a_0777_root(tmp_path):
+    """Where the machine lets us mount (root in CI here), the same with a real tmpfs."""
+    import shutil
+    import subprocess
+
+    mount = shutil.which("mount")
+    point = tmp_path / "configmap"
+    point.mkdir()
+    if os.geteuid() != 0 or mount is None or subprocess.run(
+            [mount, "-t", "tmpfs", "-o", "size=1m,mode=0777", "tmpfs", str(point)],
+            capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (point / "libx.so").write_bytes(b"x")
+        (point / "x.json5").write_text('{libpath: "libx.so", name: "x"}')
+        os.chmod(point / "x.json5", 0o644)
+        assert subprocess.run([mount, "-o", "remount,ro", str(point)]).returncode == 0
+        assert [p.name for p in DirectoryReader().read(point).plugins] == ["x"]
+    finally:
+        subprocess.run(["umount", str(point)], capture_output=True)
