@@ -111,11 +111,19 @@ MEANING = {OK: "ok", CHANGES: "changes / out of sync", NOT_CONVERGED: "did not c
            ERROR: "error"}
 
 
-def _show(report) -> None:
+def _print(report, output: Output) -> None:
+    from reconciler.terminal import colour_enabled, paint
+
+    text = output is Output.text  # JSON escapes control characters by itself
     for block in report.out:
-        typer.echo(block)
+        typer.echo(paint(block) if text else block, color=True)
     for line in report.err:
-        typer.echo(line, err=True)
+        typer.echo(paint(line, colour_enabled(sys.stderr)) if text else line, err=True,
+                   color=True)
+
+
+def _show(report, output: Output) -> None:
+    _print(report, output)
     raise typer.Exit(report.code)
 
 
@@ -132,7 +140,15 @@ def _fleet(targets_file: Path, settings: Settings, job, output: Output, workers:
         reports = fleet.run_in_order(targets, job, keep_going, lambda code: code in (
             ERROR, NOT_CONVERGED), before=header)
     else:
-        reports = fleet.run_together(targets, job, workers)
+        done = []
+
+        def progress(target, report) -> None:  # a fleet takes a while: say so on a TTY
+            done.append(target.name)
+            if sys.stderr.isatty():
+                typer.echo(f"  {len(done)}/{len(targets)} {target.name}: exit {report.code}",
+                           err=True)
+
+        reports = fleet.run_together(targets, job, workers, on_done=progress)
     codes = [r.code for r in reports if r is not None]
     if output is Output.json:
         _emit({"format_version": 1, "targets": [
@@ -141,15 +157,15 @@ def _fleet(targets_file: Path, settings: Settings, job, output: Output, workers:
              "report": None if r is None else r.data} for t, r in zip(targets, reports,
                                                                    strict=True)]})
     else:
+        from reconciler.terminal import paint
+
         for target, report in zip(targets, reports, strict=True):
             if report is None:
                 continue
             if not in_order:
-                typer.echo(f"== {target.name} ({target.settings.shown_url})")
-            for block in report.out:
-                typer.echo(block)
-            for line in report.err:
-                typer.echo(line, err=True)
+                typer.echo(paint(f"== {target.name} ({target.settings.shown_url})"),
+                           color=True)
+            _print(report, output)
             typer.echo("")
         typer.echo(fleet.summary(targets, reports, lambda c: MEANING.get(c, str(c))))
     raise typer.Exit(fleet.most_severe(codes, SEVERITY))
@@ -171,14 +187,19 @@ def validate(settings: Settings, no_library_check: NoLibraryCheck = False,
              workers: WorkersOpt = 4) -> None:
     """Check every config file offline: JSON5, libpath, library, names, permissions.
 
-    Example: slipstream-reconciler validate --config-dir /etc/slipstream/plugins.d
+    \b
+    Examples:
+      slipstream-reconciler validate --config-dir /etc/slipstream/plugins.d
+      slipstream-reconciler validate --no-library-check -o json      # in CI
+      slipstream-reconciler validate --targets fleet.json5
+
     Exit 0 when all are valid, 1 otherwise.
     """
     job = functools.partial(_validate_report, no_library_check=no_library_check,
                             output=output)
     if targets is not None:
         _fleet(targets, settings, job, output, workers)
-    _show(job(settings))
+    _show(job(settings), output)
 
 
 def _validate_report(settings: Settings, no_library_check: bool, output: Output):
@@ -208,7 +229,13 @@ def plan(
 ) -> None:
     """Show what apply would change, without changing anything.
 
-    Example: slipstream-reconciler plan --detailed-exitcode
+    \b
+    Examples:
+      slipstream-reconciler plan
+      slipstream-reconciler plan --detailed-exitcode -o json
+      slipstream-reconciler plan --live-from live.json --no-library-check   # CI
+      slipstream-reconciler plan --out plan.json && slipstream-reconciler apply --plan plan.json
+
     Exit 1 on any error (invalid files included; the plan is still printed), else 0,
     or with --detailed-exitcode 2 when the node would change (load, replace, unload;
     adopt and forget touch only the ledger) and 0 otherwise.
@@ -220,7 +247,7 @@ def plan(
         _fleet(targets, settings, functools.partial(
             _plan_report, policy=policy, output=output, detailed_exitcode=detailed_exitcode),
             output, workers)
-    _show(_plan_report(settings, policy, output, detailed_exitcode, live_from, out))
+    _show(_plan_report(settings, policy, output, detailed_exitcode, live_from, out), output)
 
 
 def _plan_report(settings: Settings, policy, output: Output, detailed_exitcode: bool,
@@ -295,7 +322,13 @@ def apply(
 ) -> None:
     """Converge the node to the config directory: unloads, then replaces, then loads.
 
-    Example: slipstream-reconciler apply --jwt-token-file /var/lib/aleo/jwt_secret_aleo1….txt
+    \b
+    Examples:
+      slipstream-reconciler apply
+      slipstream-reconciler apply --jwt-token-file ~/.aleo/storage/jwt_secret_aleo1….txt
+      slipstream-reconciler apply --max-unloads 2 --detailed-exitcode
+      slipstream-reconciler apply --targets fleet.json5 --keep-going
+
     Exit 0 converged (2 with changes made, under --detailed-exitcode); 3 the pass ran but
     did not converge (a failed action, an invalid file, a failed replace); 1 the pass could
     not run. With --targets: target by target, stopping at the first that fails.
@@ -317,13 +350,14 @@ def apply(
                             detailed_exitcode=detailed_exitcode)
     if targets is not None:
         _fleet(targets, settings, job, output, in_order=True, keep_going=keep_going)
-    _show(job(settings, expect=expect))
+    _show(job(settings, expect=expect), output)
 
 
 def _apply_report(settings: Settings, policy, output: Output, detailed_exitcode: bool,
                   expect: str | None = None):
     from reconciler import render
     from reconciler.apply import Reconciler
+    from reconciler.terminal import paint
 
     reconciler = Reconciler(settings, policy)
     directory = str(settings.config_dir.absolute())
@@ -336,7 +370,7 @@ def _apply_report(settings: Settings, policy, output: Output, detailed_exitcode:
 
     def progress(outcome) -> None:
         if text:  # flushed line by line only where a person watches: 1000 loads, 1000 writes
-            sys.stdout.write(render.outcome_line(outcome, directory) + "\n")
+            sys.stdout.write(paint(render.outcome_line(outcome, directory)) + "\n")
             if live:
                 sys.stdout.flush()
 
@@ -369,13 +403,18 @@ def status(settings: Settings, policy, output: OutputOpt = Output.text,
            targets: TargetsOpt = None, workers: WorkersOpt = 4) -> None:
     """Where each plugin stands: in-sync, pending-*, unmanaged, invalid, stalled, …
 
-    Example: slipstream-reconciler status -o json
+    \b
+    Examples:
+      slipstream-reconciler status
+      slipstream-reconciler status -o json
+      slipstream-reconciler status --targets fleet.json5
+
     Exit 0 in sync, 2 out of sync, 1 error.
     """
     job = functools.partial(_status_report, policy=policy, output=output)
     if targets is not None:
         _fleet(targets, settings, job, output, workers)
-    _show(job(settings))
+    _show(job(settings), output)
 
 
 def _status_report(settings: Settings, policy, output: Output):
@@ -449,9 +488,13 @@ def run(
 ) -> None:
     """Run the daemon: watch the directory, probe the node, converge on every change.
 
-    Example: slipstream-reconciler run   (settings from SLIPSTREAM_* variables, as under
-    systemd's EnvironmentFile=). SIGHUP runs a pass now; SIGTERM stops within 5 s.
-    Exits 0 when stopped; 1 only for bad settings at start-up.
+    \b
+    Examples:
+      slipstream-reconciler run          # settings from SLIPSTREAM_* (EnvironmentFile=)
+      slipstream-reconciler run --no-watch --log-format json
+
+    SIGHUP runs a pass now; SIGTERM stops within 5 s. Exits 0 when stopped; 1 only for
+    bad settings at start-up.
     """
     from reconciler import logs
     from reconciler.daemon import Daemon, DaemonOptions
@@ -504,8 +547,11 @@ def node(
 ) -> None:
     """Run the bundled reference node: snarkOS's Slipstream REST API, for demos and tests.
 
-    Example: slipstream-reconciler node --rest 127.0.0.1:3030 --data-dir /tmp/node
-      --slipstream-config configs/examples/metrics.json5
+    \b
+    Example:
+      slipstream-reconciler node --rest 127.0.0.1:3030 --data-dir /tmp/node \\
+          --slipstream-config /etc/slipstream/boot/metrics.json5
+
     SIGUSR1 restarts it (run-time plugins are forgotten, as on a real restart).
     """
     import ssl

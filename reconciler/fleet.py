@@ -90,10 +90,18 @@ def guarded(job: Callable[[Settings], Report]) -> Callable[[Target], Report]:
     return run
 
 
-def run_together(targets: list[Target], job: Callable[[Settings], Report],
-                 workers: int) -> list[Report]:
+def run_together(targets: list[Target], job: Callable[[Settings], Report], workers: int,
+                 on_done: Callable[[Target, Report], None] | None = None) -> list[Report]:
+    run = guarded(job)
+
+    def one(target: Target) -> Report:
+        report = run(target)
+        if on_done is not None:
+            on_done(target, report)
+        return report
+
     with ThreadPoolExecutor(max(1, min(workers, len(targets)))) as pool:
-        return list(pool.map(guarded(job), targets))
+        return list(pool.map(one, targets))
 
 
 def run_in_order(targets: list[Target], job: Callable[[Settings], Report], keep_going: bool,

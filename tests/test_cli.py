@@ -379,3 +379,25 @@ def test_bad_settings_exit_1_never_2(cli, args):
     result = cli(*args)
     assert result.code == 1
     no_traceback(result)
+
+
+def test_colour_on_request_plain_text_in_pipes_and_json(cli, ws, node):
+    ws.config("postgres.json5", name="postgres")
+    piped = cli("plan", node=node)
+    assert "\x1b[" not in piped.out  # a pipe gets plain text
+    coloured = cli("plan", node=node, env={"SLIPSTREAM_COLOR": "always"})
+    assert "\x1b[" in coloured.out and "postgres" in coloured.out
+    assert "\x1b[" not in cli("plan", node=node, env={"SLIPSTREAM_COLOR": "never"}).out
+    data = cli("plan", "-o", "json", node=node, env={"SLIPSTREAM_COLOR": "always"})
+    assert "\x1b[" not in data.out and data.json["actions"]
+
+
+def test_paint_marks_changes_and_states():
+    from reconciler.terminal import paint
+
+    assert paint("    + load     a  a.json5  (new)", enabled=False) == \
+        "    + load     a  a.json5  (new)"
+    painted = paint("    + load     a  a.json5  (new)\nb  b.json5  invalid  1:2: x", True)
+    first, second = painted.split("\n")
+    assert first.startswith("    \x1b[") and "load" in first
+    assert "\x1b[31minvalid" in second

@@ -165,3 +165,16 @@ def test_no_secret_in_any_output_of_a_whole_session(cli, ws, node):
     assert (ws.state / "configs").stat().st_mode & 0o077 == 0
     assert json.loads(copies[0].read_text())["libpath"].startswith("/")
     assert LedgerStore(ws.state).load().entries
+
+
+def test_escape_sequences_from_the_node_never_reach_the_terminal(cli, ws, node):
+    """A hostile node names a plugin with an escape sequence (it is unmanaged here)."""
+    ws.library("evil")
+    evil = ws.root / "evil.json5"
+    evil.write_text('{libpath: "libs/libevil.so", name: "x\\u001b]0;pwned\\u0007y"}')
+    node.manager.load(str(evil))
+    assert any("\x1b" in n for n in node.manager.names())
+    for env in ({}, {"SLIPSTREAM_COLOR": "always"}):
+        result = cli("status", node=node, env=env)
+        assert "\x1b]0;" not in result.out and "x?]0;pwned?y" in result.out
+    assert "\\u001b" in cli("status", "-o", "json", node=node).out  # JSON escapes it
