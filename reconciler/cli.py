@@ -132,13 +132,21 @@ def _fleet(targets_file: Path, settings: Settings, job, output: Output, workers:
     from reconciler import fleet
 
     targets = fleet.read_targets(targets_file, settings)
-    if in_order:
+    if in_order:  # each target's header, progress and outcome together, as they happen
+        from reconciler.terminal import paint
+
         def header(target) -> None:
             if output is Output.text:
-                typer.echo(f"== {target.name} ({target.settings.shown_url})")
+                typer.echo(paint(f"== {target.name} ({target.settings.shown_url})"),
+                           color=True)
+
+        def outcome(target, report) -> None:
+            if output is Output.text:
+                _print(report, output)
+                typer.echo("")
 
         reports = fleet.run_in_order(targets, job, keep_going, lambda code: code in (
-            ERROR, NOT_CONVERGED), before=header)
+            ERROR, NOT_CONVERGED), before=header, after=outcome)
     else:
         done = []
 
@@ -160,11 +168,9 @@ def _fleet(targets_file: Path, settings: Settings, job, output: Output, workers:
         from reconciler.terminal import paint
 
         for target, report in zip(targets, reports, strict=True):
-            if report is None:
-                continue
-            if not in_order:
-                typer.echo(paint(f"== {target.name} ({target.settings.shown_url})"),
-                           color=True)
+            if report is None or in_order:
+                continue  # in order, each was printed as it finished
+            typer.echo(paint(f"== {target.name} ({target.settings.shown_url})"), color=True)
             _print(report, output)
             typer.echo("")
         typer.echo(fleet.summary(targets, reports, lambda c: MEANING.get(c, str(c))))

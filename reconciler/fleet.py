@@ -106,7 +106,8 @@ def run_together(targets: list[Target], job: Callable[[Settings], Report], worke
 
 def run_in_order(targets: list[Target], job: Callable[[Settings], Report], keep_going: bool,
                  failed: Callable[[int], bool],
-                 before: Callable[[Target], None] | None = None) -> list[Report | None]:
+                 before: Callable[[Target], None] | None = None,
+                 after: Callable[[Target, Report], None] | None = None) -> list[Report | None]:
     """Target by target; after the first failure the rest are skipped (None) unless
     keep_going."""
     reports: list[Report | None] = []
@@ -119,6 +120,8 @@ def run_in_order(targets: list[Target], job: Callable[[Settings], Report], keep_
             before(target)
         report = guarded(job)(target)
         reports.append(report)
+        if after is not None:
+            after(target, report)
         stopped = failed(report.code) and not keep_going
     return reports
 

@@ -43,6 +43,8 @@ def test_apply_goes_target_by_target_each_with_its_own_ledger(cli, ws, make_node
     targets, nodes = fleet(ws, make_node)
     result = cli("apply", "--targets", str(targets))
     assert result.code == 0, result.out + result.err
+    # each target's outcome follows its own progress, before the next target starts
+    assert result.out.index("Apply complete") < result.out.index("== beta")
     assert "alpha-plugin" in nodes["alpha"].manager.names()
     assert "beta-plugin" in nodes["beta"].manager.names()
     assert (ws.state / "targets" / "alpha" / "ledger.json").exists()
