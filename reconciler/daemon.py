@@ -197,20 +197,19 @@ class Daemon:
     def _after(self, result: PassResult, policy: Policy, wake: Wake) -> str:
         self._node_up()
         self.stalls.record(result.outcomes)
+        holds = self.stalls.holds()  # fixed from here on in this pass
+        stalled_files = {h.config_file for h in holds}
         self.expected_live = result.live_after
         desired = result.desired
         ledger = self.reconciler.store.current()
         self.managed = frozenset(ledger.entries)
-        after = plan(desired, sorted(self.expected_live), ledger,
-                     replace(policy, hold=self.stalls.holds()))
+        after = plan(desired, sorted(self.expected_live), ledger, replace(policy, hold=holds))
         rows = self.rows = statuses(after)
         counts: dict[str, int] = {}
         for row in rows:
             counts[row.state] = counts.get(row.state, 0) + 1
         self.metrics.set_states(counts)
-        retryable = [o for o in result.failures
-                     if not any(h.config_file == o.change.config_file
-                                for h in self.stalls.holds())]
+        retryable = [o for o in result.failures if o.change.config_file not in stalled_files]
         if result.plan.blocked:
             outcome, self.summary = "blocked", f"blocked: {result.plan.blocked}"
             log.error("pass blocked: %s", result.plan.blocked)
