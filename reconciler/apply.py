@@ -48,7 +48,6 @@ class Outcome:
 class PassResult:
     plan: Plan
     outcomes: tuple[Outcome, ...] = ()
-    fingerprint: str = ""
     live: tuple[str, ...] = ()
     desired: Desired | None = None
     stopped: bool = False  # a stop request ended the pass between two calls
@@ -133,7 +132,7 @@ class Reconciler:
                 raise StalePlanError("stale plan: the node's plugins, the config files or the "
                                      "ledger changed since the plan was saved; make a new plan")
             if the_plan.blocked is not None:
-                return PassResult(the_plan, (), mark, tuple(snap.live), snap.desired)
+                return PassResult(the_plan, (), tuple(snap.live), snap.desired)
             try:
                 outcomes = execute(the_plan, self.client, self.store, snap.ledger,
                                    self.reader, self.settings.node_path, on_outcome,
@@ -142,7 +141,7 @@ class Reconciler:
                 if self.store.dirty:
                     self.store.compact()
             stopped = len(outcomes) < len(the_plan.changes)
-            return PassResult(the_plan, outcomes, mark, tuple(snap.live), snap.desired, stopped)
+            return PassResult(the_plan, outcomes, tuple(snap.live), snap.desired, stopped)
 
 
 def node_client(settings: Settings) -> NodeClient:

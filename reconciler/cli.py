@@ -427,7 +427,7 @@ def _status_report(settings: Settings, policy, output: Output):
     from reconciler import render
     from reconciler.apply import Reconciler
     from reconciler.daemon import read_record, running
-    from reconciler.plan import Hold, in_sync, statuses
+    from reconciler.plan import Hold, count_states, in_sync, statuses
 
     record = read_record(settings.state)
     alive = record is not None and running(record)
@@ -441,7 +441,7 @@ def _status_report(settings: Settings, policy, output: Output):
     meta = {"node": settings.shown_url, "network": settings.network, "api_prefix": prefix,
             "config_dir": directory, "in_sync": in_sync(rows),
             "daemon": render.daemon_json(record, alive)}
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(render.status_counts(rows).items()))
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(count_states(rows).items()))
     footer = (f"node {settings.shown_url} · network {settings.network} · api {prefix} · "
               f"{counts or 'no plugins'}")
     daemon_line = render.daemon_line(record, alive)

@@ -30,7 +30,7 @@ from reconciler.ledger import atomic_write
 from reconciler.metrics import Metrics, MetricsServer
 from reconciler.node import NodeError
 from reconciler.notify import Notifier
-from reconciler.plan import Policy, plan, statuses
+from reconciler.plan import Policy, count_states, plan, statuses
 from reconciler.retry import Backoff, Stalls
 from reconciler.settings import Settings
 from reconciler.trigger import Trigger, Wake
@@ -204,10 +204,8 @@ class Daemon:
         ledger = self.reconciler.store.current()
         self.managed = frozenset(ledger.entries)
         after = plan(desired, sorted(self.expected_live), ledger, replace(policy, hold=holds))
-        rows = self.rows = statuses(after)
-        counts: dict[str, int] = {}
-        for row in rows:
-            counts[row.state] = counts.get(row.state, 0) + 1
+        self.rows = statuses(after)
+        counts = count_states(self.rows)
         self.metrics.set_states(counts)
         retryable = [o for o in result.failures if o.change.config_file not in stalled_files]
         if result.plan.blocked:

@@ -87,10 +87,6 @@ class Plan:
         return sum(1 for c in self.changes if c.action is action)
 
     @property
-    def has_changes(self) -> bool:
-        return bool(self.changes)
-
-    @property
     def changes_node(self) -> bool:
         """Whether applying would change the node (adopt and forget touch the ledger only):
         what `plan --detailed-exitcode` reports."""
@@ -274,6 +270,13 @@ def statuses(p: Plan) -> tuple[PluginStatus, ...]:
     rows += [PluginStatus(name, None, "unmanaged", "live on the node, not declared, not managed")
              for name in p.unmanaged if not any(c.name == name for c in p.changes)]
     return tuple(sorted(rows, key=lambda r: (r.name or "\uffff", r.config_file or "")))
+
+
+def count_states(rows: tuple[PluginStatus, ...]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    return counts
 
 
 def in_sync(rows: tuple[PluginStatus, ...]) -> bool:

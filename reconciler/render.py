@@ -12,7 +12,7 @@ import time
 
 from reconciler.apply import Outcome, PassResult
 from reconciler.desired import Desired, Problem
-from reconciler.plan import Action, Change, Plan, PluginStatus
+from reconciler.plan import Action, Change, Plan, PluginStatus, count_states
 
 FORMAT_VERSION = 1
 SYMBOL = {
@@ -153,20 +153,13 @@ def status_text(rows: tuple[PluginStatus, ...], directory: str | None, footer: s
     return "\n".join(lines)
 
 
-def status_counts(rows: tuple[PluginStatus, ...]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.state] = counts.get(row.state, 0) + 1
-    return counts
-
-
 def status_json(rows: tuple[PluginStatus, ...], meta: dict) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         **meta,
         "plugins": [{"name": r.name, "config_file": r.config_file, "state": r.state,
                      "detail": r.detail} for r in rows],
-        "counts": status_counts(rows),
+        "counts": count_states(rows),
     }
 
 
