@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from reconciler import nodepath
 from reconciler.auth import token_source
 from reconciler.desired import Desired, DesiredPlugin, DirectoryReader, Problem, Trust
 from reconciler.errors import StalePlanError
@@ -26,6 +27,7 @@ from reconciler.node import (
     NodeError,
     NotLoaded,
     Rejected,
+    RuntimeLoadUnsupported,
     blames_the_plugin,
 )
 from reconciler.plan import Action, Change, Plan, Policy, fingerprint, plan
@@ -119,6 +121,17 @@ class Reconciler:
         snap = self.snapshot()
         return (plan(snap.desired, snap.live, snap.ledger, self.policy),
                 fingerprint(snap.desired, snap.live, snap.ledger))
+
+    def cannot_apply(self, the_plan: Plan) -> str | None:
+        """Why this node cannot carry out a plan that changes it (a read-only node with
+        static plugins), asked without changing anything; None when it can."""
+        if self.live_override is not None or not the_plan.changes_node:
+            return None
+        try:
+            self.client.require_runtime_loading()
+        except RuntimeLoadUnsupported as exc:
+            return str(exc)
+        return None
 
     def run_pass(self, expect_fingerprint: str | None = None,
                  on_wait: Callable[[], None] | None = None,
@@ -250,7 +263,7 @@ class _Run:
                                        previous.config_sha256, previous.library_sha256,
                                        previous.libpath)
         try:
-            name = self.client.load(str(copy))
+            name = self.client.load(self.node_path(str(copy)))
         except (Rejected, AlreadyLoaded, NotLoaded) as exc:
             self.store.record_remove(previous.name, seq)
             return Outcome(change, False, f"replace failed ({reason}), and rolling back to the "
@@ -262,11 +275,14 @@ class _Run:
                        "config runs again", name, unloaded=unloaded, loaded=name)
 
     def _keep_copy(self, plugin: DesiredPlugin) -> None:
-        """What a failed replace will need: this config, its libpath made absolute."""
+        """What a failed replace will need: this config, its libpath made absolute as the
+        node joined it (onto the folder where the node sees the config, nothing
+        normalized), so that the copy, read by the node from the state directory, names
+        the same library at the path the node sees."""
         config = self.reader.parsed(plugin.config_sha256, plugin.config_file)
-        if config is None:
+        if config is None or not isinstance(config.get("libpath"), str):
             return
-        config["libpath"] = plugin.libpath
+        config["libpath"] = nodepath.join(self.node_path(plugin.config_file), config["libpath"])
         try:
             self.store.save_copy(plugin.config_sha256, config)
         except OSError as exc:

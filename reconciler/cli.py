@@ -265,7 +265,10 @@ def _plan_report(settings: Settings, policy, output: Output, detailed_exitcode: 
     reconciler = Reconciler(settings, policy, live_override=live)
     the_plan, mark = reconciler.plan()
     shown = settings.shown_url if live is None else f"(live state from {live_from})"
-    data = render.plan_json(the_plan, shown, settings.network)
+    refused = reconciler.cannot_apply(the_plan)
+    client = reconciler.client if live is None else None
+    kind = client.kind.value if client is not None and client.kind is not None else None
+    data = render.plan_json(the_plan, shown, settings.network, kind, refused)
     if out is not None:
         _save_plan(out, data, mark, settings, policy)
     code = OK
@@ -274,7 +277,7 @@ def _plan_report(settings: Settings, policy, output: Output, detailed_exitcode: 
     elif detailed_exitcode and the_plan.changes_node:
         code = CHANGES
     text = render.plan_text(the_plan, str(settings.config_dir.absolute()), shown,
-                            settings.network)
+                            settings.network, client.described if client else None, refused)
     return _as_report(output, code, text, data)
 
 
@@ -388,6 +391,7 @@ def _apply_report(settings: Settings, policy, output: Output, detailed_exitcode:
                                       settings.network))
     if not result.plan.blocked:
         lines.append(render.apply_summary(result))
+        lines.append(f"Node: {reconciler.client.described}.")
     err = [f"error: {f.change.label}: {f.message}" for f in result.failures]
     if result.plan.blocked:
         code = ERROR
@@ -396,8 +400,10 @@ def _apply_report(settings: Settings, policy, output: Output, detailed_exitcode:
         code = NOT_CONVERGED
     else:
         code = CHANGES if detailed_exitcode and result.changed else OK
+    kind = reconciler.client.kind
     return _as_report(output, code, "\n".join(lines),
-                      render.apply_json(result, settings.shown_url, settings.network), err)
+                      render.apply_json(result, settings.shown_url, settings.network,
+                                        kind.value if kind else None), err)
 
 
 # -- status -----------------------------------------------------------------------------
@@ -436,14 +442,20 @@ def _status_report(settings: Settings, policy, output: Output):
     reconciler = Reconciler(settings, replace(policy, hold=holds))
     the_plan, _ = reconciler.plan()
     rows = statuses(the_plan)
-    prefix = reconciler.client.prefix
+    client = reconciler.client
+    prefix = client.prefix
     directory = str(settings.config_dir.absolute())
     meta = {"node": settings.shown_url, "network": settings.network, "api_prefix": prefix,
+            "node_kind": client.kind.value if client.kind else None,
             "config_dir": directory, "in_sync": in_sync(rows),
             "daemon": render.daemon_json(record, alive)}
     counts = ", ".join(f"{n} {s}" for s, n in sorted(count_states(rows).items()))
-    footer = (f"node {settings.shown_url} · network {settings.network} · api {prefix} · "
-              f"{counts or 'no plugins'}")
+    footer = (f"node {settings.shown_url} · network {settings.network} · {client.described}"
+              f" · {counts or 'no plugins'}")
+    refused = reconciler.cannot_apply(the_plan)
+    if refused:
+        footer += f"\nthis node cannot apply the changes: {refused}"
+    meta["cannot_apply"] = refused
     daemon_line = render.daemon_line(record, alive)
     if daemon_line:
         footer += "\n" + daemon_line

@@ -19,9 +19,9 @@ from pathlib import Path
 from reconciler.errors import ReconcilerError, SettingsError
 from reconciler.settings import Settings
 
-KEYS = {"name", "node_url", "network", "config_dir", "node_config_dir", "jwt_token_file",
-        "jwt_secret_file", "state_dir"}
-PATHS = {"config_dir", "node_config_dir", "jwt_token_file", "jwt_secret_file", "state_dir"}
+KEYS = {"name", "node_url", "network", "config_dir", "node_config_dir", "node_state_dir",
+        "jwt_token_file", "jwt_secret_file", "state_dir"}
+PATHS = KEYS - {"name", "node_url", "network"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -71,6 +71,7 @@ def read_targets(path: Path, base: Settings) -> list[Target]:
         values.setdefault("jwt_token_file", None)
         values.setdefault("jwt_secret_file", None)
         values.setdefault("node_config_dir", None)
+        values.setdefault("node_state_dir", None)
         try:
             targets.append(Target(name, replace(base, **values)))
         except ReconcilerError as exc:

@@ -7,13 +7,19 @@ sees a status code.
     NodeError
     ├── NodeUnreachable          connection refused, reset, timed out
     ├── Unauthorized             401 after a token refresh
+    ├── ApiAbsent                404 on every prefix: a build without the Slipstream API
     ├── NoPluginManager          503: started without any --slipstream-config
-    ├── RuntimeLoadUnsupported   405/404 on POST: a node that selects plugins at start-up
+    ├── RuntimeLoadUnsupported   405 on POST/DELETE: plugins chosen at start-up (read-only)
     ├── RateLimited              429 that outlasted our patience
+    ├── HiddenCause              the old prefixes' "Failed to convert error", again and again
     ├── AlreadyLoaded(name)      422: that name or that library is loaded
     ├── NotLoaded(name)          404 on DELETE
     ├── Rejected(reason)         any other load/unload failure (500)
     └── BadResponse              an answer that is not the node's API
+
+A node tells which kind it is on first contact (`NodeClient.kind`), in the operator's
+words: a build with the API, one without it (no `--features slipstream-plugins`, or any
+snarkOS after PR #4468), the static-plugin proposal, or a node without a plugin manager.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from urllib.parse import quote
 
 import requests
@@ -34,22 +41,60 @@ from reconciler.settings import mask_url
 
 MAX_BODY = 4 << 20
 # The node's own texts for a load that failed because of the plugin (its config or its
-# library), as opposed to the node having a bad moment: node-api.md's load checks.
+# library), as opposed to the node having a bad moment: snarkVM's load steps, in order
+# (node-api.md, "Load steps in snarkVM"). Retrying the same files fails the same way.
 PLUGIN_FAULTS = (
     "Cannot open the plugin config file",
+    "Cannot read the plugin config file",
     "is not in a valid JSON/JSON5 format",
     "Plugin library path is not specified",
+    "Invalid plugin path",
     "Cannot load plugin shared library",
     "_create_plugin",
+    "plugin constructor returned a null pointer",
     "on_load method failed",
 )
+# What the old prefixes answer for any error made by a layer (JWT, rate limiter, method
+# router, body limit): snarkOS #4443. A branch appends " (HTTP nnn)".
+CONVERT_FAILED = "Failed to convert error"
+# How often an unexplained CONVERT_FAILED is retried (with a fresh token, slower) before
+# the client says that the old prefix hides the cause.
+HIDDEN_CAUSE_TRIES = 3
+STATIC_HINT = ("it selects its plugins at start-up with --slipstream-plugins (a comma list "
+               "of config paths), so plugins cannot be loaded or unloaded at run time; "
+               "restart it with the wanted list instead")
+ABSENT_HINT = ("this snarkOS build has no Slipstream plugin API: it needs a build with "
+               "`--features slipstream-plugins` from before PR #4468 (snarkOS removed the "
+               "API on 2026-09-21)")
 
 
 def blames_the_plugin(reason: str) -> bool:
     """Whether a load failure is the plugin's (retrying the same files will fail again)."""
     return any(text in reason for text in PLUGIN_FAULTS)
+
+
 _ALREADY = re.compile(r"The slipstream plugin '(.*)' is already loaded", re.S)
 _WAIT = re.compile(r"Wait for ([0-9.]+)s")
+_HTTP_CODE = re.compile(r"\(HTTP (\d{3})\)")
+
+
+class NodeKind(StrEnum):
+    """What a node turned out to be, on first contact."""
+
+    API = "api"  # the Slipstream API with real status codes (/v2)
+    API_OLD_PREFIX = "api-old-prefix"  # the API on / or /v1 only: errors arrive as text
+    STATIC = "static"  # the static-plugin proposal: GET only
+    NO_MANAGER = "no-plugin-manager"  # the API, but started without --slipstream-config
+    ABSENT = "unsupported"  # no Slipstream API at all
+
+
+KIND_WORDS = {
+    NodeKind.API: "snarkOS with the Slipstream plugin API",
+    NodeKind.API_OLD_PREFIX: "snarkOS with the Slipstream plugin API",
+    NodeKind.STATIC: "snarkOS with static plugins (read-only: chosen at start-up)",
+    NodeKind.NO_MANAGER: "snarkOS with the Slipstream API but no plugin manager",
+    NodeKind.ABSENT: "snarkOS without the Slipstream plugin API",
+}
 
 
 class NodeError(ReconcilerError):
@@ -64,6 +109,11 @@ class Unauthorized(NodeError):
     pass
 
 
+class ApiAbsent(NodeError):
+    """No Slipstream route on any prefix, while the node's REST API answers: a build
+    without the feature. Nothing can be planned or changed; nothing is unloaded."""
+
+
 class NoPluginManager(NodeError):
     pass
 
@@ -74,6 +124,11 @@ class RuntimeLoadUnsupported(NodeError):
 
 class RateLimited(NodeError):
     pass
+
+
+class HiddenCause(NodeError):
+    """The old prefixes turned a layer's answer into "Failed to convert error" every time
+    we asked: an expired token, the rate limit and an unserved method look alike there."""
 
 
 class BadResponse(NodeError):
@@ -104,20 +159,39 @@ class _Answer:
     def text(self) -> str:
         return self.body.decode("utf-8", "replace").strip()
 
+    @property
+    def route_missing(self) -> bool:
+        """The outer router's answer for a path no route matches, on every prefix."""
+        return self.status == 404 and not self.body
+
 
 class Pacer:
     """Keeps our own request rate under the node's limit (GCRA, burst = rate), so that a
-    large apply meets no 429 in the first place; a 429 is still handled, since other
-    clients share the node's per-IP budget."""
+    large apply meets no 429 in the first place.
+
+    The node's limiter is per client IP and per prefix, shared with every other REST call
+    from this host (a monitoring script eats the same budget), so the pace adapts: a 429
+    halves our rate and drops the burst, and each answered request wins back a fiftieth
+    of the configured rate. A long, contended run slows down instead of failing.
+    """
+
+    RECOVERY_STEPS = 50
+    FLOOR_RPS = 0.2
 
     def __init__(self, rps: float, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        # 2 % slower than the node lets us go: clocks and queues are not exact.
-        self._interval = 1.02 / rps if rps > 0 else 0.0
-        self._tolerance = self._interval * (max(1, int(rps)) - 1)
+        self.max_rps = rps
+        self.rps = rps
         self._clock, self._sleep = clock, sleep
         self._tat = 0.0
         self._lock = threading.Lock()
+        self._set(rps, burst=True)
+
+    def _set(self, rps: float, burst: bool) -> None:
+        # 2 % slower than the node lets us go: clocks and queues are not exact.
+        self.rps = rps
+        self._interval = 1.02 / rps if rps > 0 else 0.0
+        self._tolerance = self._interval * (max(1, int(rps)) - 1) if burst else 0.0
 
     @property
     def interval(self) -> float:
@@ -139,11 +213,33 @@ class Pacer:
         with self._lock:
             self._tat = max(self._tat, self._clock() + seconds + self._tolerance)
 
+    def slow_down(self) -> None:
+        """A 429 (or what may be one): half the rate, no burst."""
+        with self._lock:
+            base = self.rps if self.rps > 0 else 10.0  # unpaced until the node objected
+            self._set(max(self.FLOOR_RPS, base / 2), burst=False)
+
+    def answered(self) -> None:
+        """A request got through: creep back towards the configured rate."""
+        if self.rps == self.max_rps:
+            return
+        with self._lock:
+            if self.max_rps <= 0:
+                step = 10.0 / self.RECOVERY_STEPS
+                rps = self.rps + step
+                if rps >= 10.0:
+                    self._set(0.0, burst=True)  # back to unpaced, as configured
+                    return
+            else:
+                rps = min(self.max_rps, self.rps + self.max_rps / self.RECOVERY_STEPS)
+            self._set(rps, burst=rps == self.max_rps)
+
 
 class NodeClient:
     def __init__(self, url: str, network: str, auth: TokenSource, api: str = "auto",
                  max_rps: float = 10, timeout: float = 10.0, verify: bool | str = True,
-                 rate_limit_patience: float = 120.0) -> None:
+                 rate_limit_patience: float = 120.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         if api not in ("auto", "v2", "v1"):
             raise ValueError(api)
         self.url = url.rstrip("/")
@@ -154,7 +250,11 @@ class NodeClient:
         self.timeout = timeout
         self.pacer = Pacer(max_rps)
         self.patience = rate_limit_patience
-        self._prefix: str | None = {"v2": f"/v2/{network}", "v1": f"/{network}"}.get(api)
+        self._sleep = sleep
+        self._v2, self._old = f"/v2/{network}", f"/{network}"
+        self._prefix: str | None = {"v2": self._v2, "v1": self._old}.get(api)
+        self.kind: NodeKind | None = None
+        self._runtime_loading: bool | None = None
         self.session = requests.Session()
         self.session.verify = verify
         self.session.trust_env = False  # no proxy between us and a node on this host
@@ -164,6 +264,18 @@ class NodeClient:
     def prefix(self) -> str | None:
         """The API prefix in use, once known."""
         return self._prefix
+
+    @property
+    def described(self) -> str:
+        """The kind of node, in the operator's words (once the node has answered)."""
+        if self.kind is None:
+            return "not asked yet"
+        words = KIND_WORDS[self.kind]
+        if self.kind is NodeKind.API:
+            return f"{words} at {self._prefix}"
+        if self.kind is NodeKind.API_OLD_PREFIX:
+            return f"{words} at {self._prefix} (the old prefix: errors arrive as text)"
+        return words
 
     def close(self) -> None:
         self.session.close()
@@ -179,10 +291,22 @@ class NodeClient:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise BadResponse(f"the node at {self.shown} answered the plugin list with "
                               f"{_excerpt(answer.text)}, not a JSON array of names")
+        if self.kind is None or self.kind in (NodeKind.ABSENT, NodeKind.NO_MANAGER):
+            self.kind = NodeKind.API if self._prefix == self._v2 else NodeKind.API_OLD_PREFIX
         return names
 
     def load(self, config_file: str) -> str:
-        answer = self._call("POST", "", {"config_file": config_file})
+        try:
+            answer = self._call("POST", "", {"config_file": config_file})
+        except NodeUnreachable as exc:
+            if "did not answer within" not in str(exc):
+                raise
+            # The node has no server timeout and a slow on_load holds its write lock: the
+            # load goes on without us and may still succeed. The next pass reads the list.
+            raise NodeUnreachable(f"{exc} to the load of {config_file}; a slow plugin "
+                                  "on_load may still complete it: the next pass finds it in "
+                                  "the node's list and records it, and never loads it "
+                                  "twice") from None
         try:
             name = json.loads(answer.body)["loaded"]
         except (ValueError, KeyError, TypeError):
@@ -195,20 +319,44 @@ class NodeClient:
     def unload(self, name: str) -> None:
         self._call("DELETE", "/" + quote(name, safe=""))
 
+    def require_runtime_loading(self) -> None:
+        """Raises RuntimeLoadUnsupported unless this node can load and unload at run time,
+        asked without changing anything: a POST without `config_file` is refused with 400
+        before the node even looks for its plugin manager, where a node that selects its
+        plugins at start-up answers 405. Asked once per client, before the first change."""
+        if self._runtime_loading is None:
+            try:
+                self._call("POST", "", {})
+                self._runtime_loading = True  # an odd node: the real calls will tell
+            except RuntimeLoadUnsupported:
+                self._runtime_loading = False
+            except (Rejected, BadResponse, NoPluginManager):
+                self._runtime_loading = True  # 400 "Missing required field", as expected
+        if not self._runtime_loading:
+            self.kind = NodeKind.STATIC
+            raise RuntimeLoadUnsupported(f"the node at {self.shown} cannot change plugins: "
+                                         f"{STATIC_HINT}")
+
     # -- plumbing --------------------------------------------------------------
     def _call(self, method: str, suffix: str, body: dict | None = None) -> _Answer:
         deadline = time.monotonic() + self.patience
         refreshed = False
+        hidden = 0
         while True:
-            prefix = self._prefix or f"/v2/{self.network}"
+            prefix = self._prefix or self._v2
             answer = self._send(method, f"{prefix}/slipstream/plugins{suffix}", body)
-            if self._prefix is None:
-                # `auto`: an older node has no /v2 at all and answers a bare 404 there.
-                if answer.status == 404 and answer.json_error is None:
-                    self._prefix = f"/{self.network}"
+            if answer.route_missing:
+                if self._prefix is None and prefix == self._v2:
+                    # `auto`: an older node has no /v2 at all; try the plain prefix.
+                    self._prefix = self._old
                     continue
+                if self.api == "auto":
+                    self._prefix = None  # an upgrade or downgrade may bring /v2 back
+                raise self._absent(prefix)
+            if self._prefix is None:
                 self._prefix = prefix
             if 200 <= answer.status < 300:
+                self.pacer.answered()
                 return answer
             try:
                 raise self._error(method, answer)
@@ -220,7 +368,17 @@ class NodeClient:
                 wait = _retry_after(answer, self.pacer)
                 if time.monotonic() + wait > deadline:
                     raise
+                self.pacer.slow_down()
                 self.pacer.hold(wait)
+            except HiddenCause:
+                hidden += 1
+                if hidden >= HIDDEN_CAUSE_TRIES or time.monotonic() > deadline:
+                    raise
+                # It may be an expired token, the rate limit or a method this node does not
+                # serve: a fresh token, a slower pace and a pause cover the first two.
+                self.auth.refresh()
+                self.pacer.slow_down()
+                self._sleep(0.5 * 2 ** (hidden - 1))
 
     def _send(self, method: str, path: str, body: dict | None) -> _Answer:
         self.pacer.wait()
@@ -253,24 +411,60 @@ class NodeClient:
                               " point --node-url at the node's REST address itself")
         return _Answer(response.status_code, raw, _json_error(response, raw))
 
+    def _absent(self, prefix: str) -> NodeError:
+        """404 with an empty body to the plugin routes: a build without the feature, or
+        the wrong network (the routes are mounted under the node's own network only). An
+        ordinary route of the same prefix tells the two apart."""
+        probe = self._send("GET", f"{prefix}/block/height/latest", None)
+        if probe.route_missing:
+            self.kind = None
+            return BadResponse(
+                f"the node at {self.shown} answers 404 to every route under {prefix}: it is "
+                f"not a snarkOS REST server for network {self.network!r}; check --network "
+                "and --node-url")
+        self.kind = NodeKind.ABSENT
+        return ApiAbsent(f"the node at {self.shown} answers 404 on every prefix to the "
+                         f"Slipstream plugin routes: {ABSENT_HINT}")
+
     def _error(self, method: str, answer: _Answer) -> NodeError:
-        if answer.status == 401:
+        status = answer.status
+        old_prefix = self._prefix is not None and not self._prefix.startswith("/v2/")
+        if old_prefix and status == 500 and answer.text.startswith(CONVERT_FAILED):
+            code = _HTTP_CODE.search(answer.text)
+            if code is None:
+                return self._hidden_cause(method)
+            status = int(code.group(1))  # the branch that says which layer answered
+        if status == 401:
             return Unauthorized(f"the node at {self.shown} refused the request as unauthorized "
                                 f"(401) with {self.auth.description}; check --jwt-token-file, "
                                 f"--jwt-secret-file or $SLIPSTREAM_JWT_TOKEN")
         if answer.json_error is not None:
             return self._v2_error(answer)
-        if answer.status == 429:
-            return RateLimited(f"the node at {self.shown} kept rate-limiting us (429)")
-        if answer.status in (404, 405) and method == "POST":
-            return RuntimeLoadUnsupported(
-                f"the node at {self.shown} answered {answer.status} to a plugin load: it cannot "
-                "load plugins at run time (it selects them at start-up)")
-        if answer.status == 500 and self._prefix is not None and not self._prefix.startswith(
-                "/v2/"):
+        if status == 429:
+            return RateLimited(f"the node at {self.shown} kept rate-limiting us (429) for "
+                               f"{self.patience:g} s; another client on this host may share "
+                               "its per-IP budget, or raise its --rest-rps")
+        if status == 405 and method in ("POST", "DELETE"):
+            self.kind = NodeKind.STATIC
+            return RuntimeLoadUnsupported(f"the node at {self.shown} answered 405 to a plugin "
+                                          f"{'load' if method == 'POST' else 'unload'}: "
+                                          f"{STATIC_HINT}")
+        if status == 413:
+            return BadResponse(f"the node at {self.shown} refused the request body as too "
+                               "large (413)")
+        if old_prefix and answer.status == 500:
             return self._v1_error(answer.text)
-        return BadResponse(f"the node at {self.shown} answered {answer.status}: "
+        return BadResponse(f"the node at {self.shown} answered {status}: "
                            f"{_excerpt(answer.text) or '(empty body)'}")
+
+    def _hidden_cause(self, method: str) -> HiddenCause:
+        return HiddenCause(
+            f"the node at {self.shown} answered {method} on the old prefix {self._prefix} "
+            f"with 500 {CONVERT_FAILED!r} {HIDDEN_CAUSE_TRIES} times (snarkOS #4443): that "
+            "prefix hides the cause, which is an expired or wrong token, the rate limit, or a "
+            "method the node does not serve. Use --api v2 if the node has it (real status "
+            "codes), check the token (--jwt-token-file, --jwt-secret-file or "
+            "$SLIPSTREAM_JWT_TOKEN), and keep --max-rps under the node's --rest-rps")
 
     def _v2_error(self, answer: _Answer) -> NodeError:
         error = answer.json_error or {}
@@ -288,7 +482,7 @@ class NodeClient:
         return Rejected(reason or f"the node answered {answer.status}")
 
     def _v1_error(self, text: str) -> NodeError:
-        """The plain prefix flattens every error to 500; the text is all we have."""
+        """The plain prefix flattens the node's own errors to 500; the text is all we have."""
         match = _ALREADY.search(text)
         if match:
             return AlreadyLoaded(text, match.group(1))
@@ -298,12 +492,10 @@ class NodeClient:
             return self._no_manager()
         if "Too Many Requests" in text:
             return RateLimited(f"the node at {self.shown} kept rate-limiting us: {text}")
-        if text.lower() == "unauthorized":
-            return Unauthorized(f"the node at {self.shown} refused the request as unauthorized "
-                                f"with {self.auth.description}")
         return Rejected(text or "the node answered 500 with no reason")
 
     def _no_manager(self) -> NoPluginManager:
+        self.kind = NodeKind.NO_MANAGER
         return NoPluginManager(f"the node at {self.shown} has no Slipstream plugin manager: start "
                                "snarkOS with at least one --slipstream-config")
 
@@ -336,10 +528,11 @@ def _json_error(response: requests.Response, raw: bytes) -> dict | None:
 
 
 def _retry_after(answer: _Answer, pacer: Pacer) -> float:
+    """The node says `Wait for {N}s` with N rounded down (so mostly 0): N, plus one of our
+    own (already slowed) intervals."""
     match = _WAIT.search(answer.text)
-    if match:
-        return min(float(match.group(1)), 10.0) + 0.01
-    return max(pacer.interval, 0.1)
+    told = min(float(match.group(1)), 10.0) if match else 0.0
+    return told + max(pacer.interval, 0.1)
 
 
 def _reason(exc: Exception) -> str:

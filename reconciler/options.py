@@ -80,6 +80,11 @@ SETTINGS: list[tuple[str, object, object]] = [
         "--node-config-dir", envvar="SLIPSTREAM_NODE_CONFIG_DIR", show_default=False,
         help="The config directory's path as the node sees it (e.g. in a container). "
              "Default: same as --config-dir.")], None),
+    ("node_state_dir", Annotated[Path | None, typer.Option(
+        "--node-state-dir", envvar="SLIPSTREAM_NODE_STATE_DIR", show_default=False,
+        help="The state directory's path as the node sees it: a failed replace rolls back "
+             "from copies kept there, which the node must read. Default: same as "
+             "--state-dir.")], None),
     ("max_rps", Annotated[float, typer.Option(
         "--max-rps", envvar="SLIPSTREAM_MAX_RPS",
         help="Requests per second to stay under (the node's --rest-rps); 0 turns pacing "
@@ -113,12 +118,14 @@ POLICY: list[tuple[str, object, object]] = [
 
 def build_settings(config_dir: Path, node_url: str, network: str, api: Api,
                    jwt_token_file: Path | None, jwt_secret_file: Path | None,
-                   state_dir: Path | None, node_config_dir: Path | None, max_rps: float,
+                   state_dir: Path | None, node_config_dir: Path | None,
+                   node_state_dir: Path | None, max_rps: float,
                    timeout: float, ca_file: Path | None, insecure_skip_verify: bool,
                    insecure_allow_writable: bool) -> Settings:
     return Settings(config_dir=config_dir, node_url=node_url, network=network, api=api.value,
                     jwt_token_file=jwt_token_file, jwt_secret_file=jwt_secret_file,
-                    state_dir=state_dir, node_config_dir=node_config_dir, max_rps=max_rps,
+                    state_dir=state_dir, node_config_dir=node_config_dir,
+                    node_state_dir=node_state_dir, max_rps=max_rps,
                     timeout=timeout, ca_file=ca_file, insecure_skip_verify=insecure_skip_verify,
                     allow_writable=insecure_allow_writable)
 

@@ -45,7 +45,10 @@ def change_line(change: Change, directory: str | None) -> str:
             f"{shown_path(change.config_file, directory)}  ({change.reason})")
 
 
-def plan_text(p: Plan, directory: str | None, node: str, network: str) -> str:
+def plan_text(p: Plan, directory: str | None, node: str, network: str,
+              node_kind: str | None = None, cannot_apply: str | None = None) -> str:
+    """`node_kind`: the node in words, once it has answered; `cannot_apply`: why this node
+    cannot carry the plan out (a read-only node), asked without changing anything."""
     lines: list[str] = []
     if p.invalid:
         lines.append("Invalid config files (their plugins are left exactly as they are):")
@@ -79,6 +82,10 @@ def plan_text(p: Plan, directory: str | None, node: str, network: str) -> str:
         if p.invalid:
             counts = "No changes to make, but some config files are invalid (see above)."
     lines.append(counts)
+    if node_kind:
+        lines.append(f"Node: {node_kind}.")
+    if cannot_apply:
+        lines.append(f"This node cannot apply the plan: {cannot_apply}.")
     return "\n".join(lines)
 
 
@@ -92,11 +99,14 @@ def change_json(change: Change) -> dict:
             "config_file": change.config_file, "reason": change.reason}
 
 
-def plan_json(p: Plan, node: str, network: str) -> dict:
+def plan_json(p: Plan, node: str, network: str, node_kind: str | None = None,
+              cannot_apply: str | None = None) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "node": node,
         "network": network,
+        "node_kind": node_kind,
+        "cannot_apply": cannot_apply,
         "actions": [change_json(c) for c in p.changes],
         "held": [change_json(c) for c in p.held],
         "unmanaged": list(p.unmanaged),
@@ -129,9 +139,10 @@ def apply_summary(result: PassResult) -> str:
     return text
 
 
-def apply_json(result: PassResult, node: str, network: str) -> dict:
+def apply_json(result: PassResult, node: str, network: str,
+               node_kind: str | None = None) -> dict:
     return {
-        **plan_json(result.plan, node, network),
+        **plan_json(result.plan, node, network, node_kind),
         "outcomes": [{**change_json(o.change), "ok": o.ok, "message": o.message,
                       "loaded_as": o.name if o.change.action in (Action.LOAD, Action.REPLACE)
                       and o.ok else None} for o in result.outcomes],

@@ -32,6 +32,7 @@ class Settings:
     jwt_secret_file: Path | None = None
     state_dir: Path | None = None
     node_config_dir: Path | None = None
+    node_state_dir: Path | None = None
     max_rps: float = 10.0
     timeout: float = 10.0
     ca_file: Path | None = None
@@ -69,13 +70,20 @@ class Settings:
     def state(self) -> Path:
         return self.state_dir if self.state_dir is not None else default_state_dir()
 
-    def node_path(self, config_file: str) -> str:
-        """Where the node sees a config file (it reads the file itself, perhaps from
-        inside a container that mounts the directory elsewhere)."""
-        if self.node_config_dir is None:
-            return config_file
-        relative = os.path.relpath(config_file, os.path.abspath(self.config_dir))
-        return os.path.join(str(self.node_config_dir), relative)
+    def node_path(self, path: str) -> str:
+        """Where the node sees one of our files. The node reads every config it loads
+        itself, perhaps from inside a container that mounts our directories elsewhere:
+        the config directory at --node-config-dir, and the state directory (where the
+        copies a failed replace rolls back to live) at --node-state-dir. Every path that
+        reaches the node goes through here."""
+        for ours, theirs in ((self.config_dir, self.node_config_dir),
+                             (self.state, self.node_state_dir)):
+            if theirs is None:
+                continue
+            relative = os.path.relpath(path, os.path.abspath(ours))
+            if relative != os.pardir and not relative.startswith(os.pardir + os.sep):
+                return os.path.normpath(os.path.join(str(theirs), relative))
+        return path
 
     @property
     def shown_url(self) -> str:

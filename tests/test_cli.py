@@ -55,7 +55,7 @@ def test_plan_apply_status_converge(cli, ws, node):
     status = cli("status", node=node)
     assert status.code == 0
     assert "metrics   metrics.json5   in-sync" in status.out
-    assert "api /v2/mainnet" in status.out
+    assert "snarkOS with the Slipstream plugin API at /v2/mainnet" in status.out
     data = cli("status", "-o", "json", node=node).json
     assert data["format_version"] == 1 and data["in_sync"] is True
     assert {p["name"]: p["state"] for p in data["plugins"]} == {
@@ -210,7 +210,7 @@ def test_it_works_against_an_older_node_without_v2(cli, ws, make_node):
     ws.config("other.json5", name="other")
     assert cli("apply", node=node).code == 0
     assert sorted(node.manager.names()) == ["other", "startup"]
-    assert "api /mainnet" in cli("status", node=node).out
+    assert "API at /mainnet (the old prefix" in cli("status", node=node).out
 
 
 def test_node_config_dir_maps_paths_for_the_node(cli, ws, node):
@@ -251,7 +251,7 @@ def test_a_node_that_cannot_load_at_run_time(cli, ws, make_node):
     node = make_node(runtime_loading=False)
     ws.config("postgres.json5", name="postgres")
     result = cli("apply", node=node)
-    assert result.code == 1 and "cannot load plugins at run time" in result.err
+    assert result.code == 1 and "--slipstream-plugins" in result.err
 
 
 def test_rate_limited_node_with_default_pacing(cli, ws, make_node):

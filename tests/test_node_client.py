@@ -62,7 +62,7 @@ def test_a_node_that_cannot_load_at_run_time(make_node, ws):
     node = make_node(runtime_loading=False)
     c = client(node)
     assert c.list() == ["startup"]
-    with pytest.raises(RuntimeLoadUnsupported, match="cannot load plugins at run time"):
+    with pytest.raises(RuntimeLoadUnsupported, match="cannot be loaded or unloaded at run time"):
         c.load(str(ws.config("a.json5")))
 
 
