@@ -13,6 +13,7 @@ from reconciler.node import (
     NodeUnreachable,
     NoPluginManager,
     NotLoaded,
+    Pacer,
     Rejected,
     RuntimeLoadUnsupported,
     Unauthorized,
@@ -115,3 +116,78 @@ def test_awkward_names_round_trip_through_delete(node, ws, name):
     assert name in c.list()
     c.unload(name)
     assert name not in c.list()
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_pacing_halves_on_429_and_wins_the_rate_back_slowly():
+    t = FakeTime()
+    pacer = Pacer(10, clock=t.clock, sleep=t.sleep)
+    pacer.slow_down()
+    assert pacer.rps == 5
+    pacer.slow_down()
+    assert pacer.rps == 2.5
+    for _ in range(3):
+        pacer.answered()
+    assert 2.5 < pacer.rps < 4  # a fiftieth of the configured rate per answer
+    for _ in range(60):
+        pacer.answered()
+    assert pacer.rps == 10
+
+
+def test_a_slowed_pacer_sends_no_burst():
+    t = FakeTime()
+    pacer = Pacer(10, clock=t.clock, sleep=t.sleep)
+    for _ in range(10):
+        pacer.wait()
+    assert t.now < 0.2  # the configured burst goes out at once
+    pacer.slow_down()
+    start = t.now
+    for _ in range(5):
+        pacer.wait()
+    assert t.now - start >= 4 * 1.02 / 5  # evenly spaced at the halved rate
+
+
+def test_an_unpaced_client_paces_itself_after_a_429_then_stops_again():
+    t = FakeTime()
+    pacer = Pacer(0, clock=t.clock, sleep=t.sleep)
+    pacer.slow_down()
+    assert pacer.rps == 5 and pacer.interval > 0
+    for _ in range(50):
+        pacer.answered()
+    assert pacer.interval == 0
+
+
+def test_a_second_client_on_the_same_prefix_slows_us_down_but_nothing_fails(make_node, ws):
+    """The node's budget is per client IP and prefix: a monitoring script on this host eats
+    it too. Every load still succeeds; the 429s are absorbed by a slower pace."""
+    import threading
+
+    node = make_node(rest_rps=10)
+    ours = client(node, max_rps=10)
+    stop = threading.Event()
+
+    def monitor() -> None:
+        other = client(node, max_rps=6)
+        while not stop.is_set():
+            other.list()
+
+    thread = threading.Thread(target=monitor, daemon=True)
+    thread.start()
+    try:
+        configs = [ws.config(f"p{i}.json5", name=f"p{i}") for i in range(25)]
+        names = [ours.load(str(c)) for c in configs]
+    finally:
+        stop.set()
+        thread.join(10)
+    assert names == [f"p{i}" for i in range(25)]
+    assert any(r.status == 429 for r in node.requests)  # the contention was real
