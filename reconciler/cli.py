@@ -556,9 +556,24 @@ def node(
     fault_error_rate: Annotated[float, typer.Option("--fault-error-rate")] = 0.0,
     fault_drop_rate: Annotated[float, typer.Option("--fault-drop-rate")] = 0.0,
     fault_seed: Annotated[int | None, typer.Option("--fault-seed")] = None,
+    fault_load_delay: Annotated[float, typer.Option(
+        "--fault-load-delay", help="Seconds each run-time load's on_load takes, holding the "
+                                   "manager's write lock (lists wait too).")] = 0.0,
+    no_slipstream: Annotated[bool, typer.Option(
+        "--no-slipstream", help="Behave like a build without --features slipstream-plugins "
+                                "(or any snarkOS after PR #4468): every slipstream path is "
+                                "a 404 with an empty body.")] = False,
     no_runtime_loading: Annotated[bool, typer.Option(
         "--no-runtime-loading", help="Behave like the proposed static-plugin node: only GET; "
                                      "POST and DELETE answer 405.")] = False,
+    no_v2: Annotated[bool, typer.Option(
+        "--no-v2", help="Behave like an older snarkOS with no /v2 routes.")] = False,
+    v1_http_code_suffix: Annotated[bool, typer.Option(
+        "--v1-http-code-suffix", help="The snarkOS branch whose v1 'Failed to convert error' "
+                                      "ends in ' (HTTP nnn)'.")] = False,
+    root: Annotated[Path | None, typer.Option(
+        "--root", help="Read every path the node is given under DIR, as a container with DIR "
+                       "as its root would (a refnode extension).")] = None,
     tls_cert: Annotated[Path | None, typer.Option(
         "--tls-cert", help="Serve HTTPS with this certificate (a refnode extension).")] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key")] = None,
@@ -586,8 +601,11 @@ def node(
             jwt_timestamp=jwt_timestamp, nojwt=nojwt,
             slipstream_configs=[str(p) for p in slipstream_config or []], rest_rps=rest_rps,
             data_dir=data_dir,
-            faults=Faults(fault_latency_ms, fault_error_rate, fault_drop_rate, fault_seed),
-            runtime_loading=not no_runtime_loading,
+            faults=Faults(fault_latency_ms, fault_error_rate, fault_drop_rate, fault_seed,
+                          fault_load_delay),
+            slipstream=not no_slipstream, runtime_loading=not no_runtime_loading,
+            api_v2=not no_v2, v1_http_code_suffix=v1_http_code_suffix,
+            root=str(root) if root else None,
             tls_cert=str(tls_cert) if tls_cert else None,
             tls_key=str(tls_key) if tls_key else None)
         refnode = RefNode(options).start()
@@ -616,8 +634,12 @@ def node(
 
 
 def _announce(refnode) -> None:
-    manager = "no plugin manager" if refnode.manager is None else \
-        f"{len(refnode.manager.names())} start-up plugin(s)"
+    if not refnode.options.slipstream:
+        manager = "built without the Slipstream plugin API"
+    elif refnode.manager is None:
+        manager = "no plugin manager"
+    else:
+        manager = f"{len(refnode.manager.names())} start-up plugin(s)"
     typer.echo(f"reference node listening on {refnode.url} ({refnode.options.network}, "
                f"{manager})", err=True)
     if not refnode.options.nojwt:

@@ -1,9 +1,19 @@
-"""The reference node's HTTP server: snarkOS's Slipstream routes, faithfully.
+"""The reference node's HTTP server: snarkOS's REST layers and Slipstream routes, faithfully.
 
-The demo, the tests and the benchmarks stand on this server, so it follows
-`shared/node-api.md` to the byte where the contract is known and says where it guesses
-(docs/refnode.md). It is a real HTTP/1.1 server with keep-alive; each response goes out
-in one write with TCP_NODELAY so that it adds no latency of its own.
+The demo, the tests and the benchmarks stand on this server, so it follows the snarkOS
+code that served the API (docs/refnode.md maps every behaviour to its upstream file,
+function and commit, and says where it still guesses). The request path, outermost first,
+is the node's (`node/rest/src/lib.rs`, `build_routes` and `spawn_server`):
+
+    outer router: a path that matches no route -> 404, empty body, no layer involved
+    `/` and `/v1` only: v1_error_middleware (non-2xx -> 500 text, or "Failed to convert error")
+    trace, CORS, rate limiter (one per prefix, GCRA per client IP), method router (405),
+    JWT (route_layer: only the protected routes), then the handler, whose axum `Json`
+    extractor checks Content-Type (415), the body limit (413) and the syntax (400).
+
+It is a real HTTP/1.1 server with keep-alive; each response goes out in one write with
+TCP_NODELAY so that it adds no latency of its own, and it never times a request out (nor
+does the node): a slow load finishes after its client has given up.
 """
 
 from __future__ import annotations
@@ -13,7 +23,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import socket
 import ssl
 import threading
@@ -21,9 +30,10 @@ import time
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import jwt
 
@@ -38,10 +48,18 @@ from reconciler.refnode.plugins import (
 # A well-known development address; the node's real one comes from its private key.
 DEFAULT_ADDRESS = "aleo1rhgdu77hgyqd3xjj8ucu3jj9r2krwz6mnzyd80gncr5fxcwlh5rsvzp9px"
 NETWORKS = ("mainnet", "testnet", "canary")
-BODY_LIMIT = 1536 * 1024
+BODY_LIMIT = 2 * 768 * 1024  # DefaultBodyLimit::max(2 * 768 * 1024)
+READ_CAP = 64 << 20  # bodies larger than this are not read at all; the connection closes
 TEN_YEARS = 10 * 365 * 24 * 3600
-
-_ROUTE = re.compile(r"^/(?:(v1|v2)/)?([a-z]+)/slipstream/plugins(?:/([^/]+))?/?$")
+JWT_LEEWAY = 60  # jsonwebtoken's Validation::new default
+BLOCK_SECONDS = 3.0  # the simulated chain's block time, for /block/height/latest
+TEXT = "text/plain; charset=utf-8"
+# tower-http's CorsLayer with allow_origin(Any) on a request that is not a preflight.
+CORS_HEADERS = (("access-control-allow-origin", "*"),
+                ("vary", "origin, access-control-request-method, "
+                         "access-control-request-headers"))
+PREFIXES = ("", "v1", "v2")
+I64 = (-(1 << 63), (1 << 63) - 1)
 
 
 class StartupError(Exception):
@@ -50,12 +68,16 @@ class StartupError(Exception):
 
 @dataclass
 class Faults:
-    """Injected misbehaviour for chaos tests; all off by default."""
+    """Injected misbehaviour for chaos tests; all off by default.
+
+    load_delay: seconds each run-time load's `on_load` takes, holding the manager's
+    write lock (a list waits for it, as on the node); start-up plugins load promptly."""
 
     latency_ms: float = 0.0
     error_rate: float = 0.0
     drop_rate: float = 0.0
     seed: int | None = None
+    load_delay: float = 0.0
 
 
 @dataclass
@@ -67,14 +89,21 @@ class NodeOptions:
     jwt_timestamp: int | None = None
     nojwt: bool = False
     slipstream_configs: list[str] = field(default_factory=list)
-    rest_rps: int = 10
+    rest_rps: int = 10  # 0: no limit (a refnode extension; snarkOS panics on 0)
     data_dir: Path | None = None
     address: str = DEFAULT_ADDRESS
     faults: Faults = field(default_factory=Faults)
+    # False: a build without `--features slipstream-plugins` (or any snarkOS after PR
+    # #4468): no slipstream route exists, so every slipstream path is a bare 404.
+    slipstream: bool = True
     # False: the later snarkOS proposal (plugins chosen at start-up, only GET remains).
     runtime_loading: bool = True
     # False: an older snarkOS with no /v2 routes at all.
     api_v2: bool = True
+    # True: the snarkOS branch whose v1 fallback text ends in " (HTTP nnn)".
+    v1_http_code_suffix: bool = False
+    # A container's view: every path the node is given is read under this folder.
+    root: str | None = None
     # TLS (a test extension: snarkOS's REST server speaks plain HTTP, often behind a proxy).
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -105,11 +134,41 @@ class Reply:
     status: int
     body: bytes = b""
     content_type: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def json(cls, status: int, value: object, pretty: bool = False) -> Reply:
-        text = json.dumps(value, indent=2) if pretty else json.dumps(value, separators=(",", ":"))
+        """serde_json's output: compact (`to_string`) or `to_string_pretty` (two spaces),
+        UTF-8 unescaped, as ErasedJson and RestError send it."""
+        if pretty:
+            text = json.dumps(value, indent=2, ensure_ascii=False)
+        else:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
         return cls(status, text.encode(), "application/json")
+
+    @classmethod
+    def text(cls, status: int, text: str) -> Reply:
+        """axum's own rejections: a String body, so `text/plain; charset=utf-8`."""
+        return cls(status, text.encode(), TEXT)
+
+    def with_headers(self, extra: tuple[tuple[str, str], ...]) -> Reply:
+        return Reply(self.status, self.body, self.content_type, self.headers + extra)
+
+
+def rest_error(status: int, error_type: str, message: str,
+               chain: tuple[str, ...] = ()) -> Reply:
+    """`RestError::into_response`: compact JSON, `chain` only when it is not empty."""
+    body: dict[str, object] = {"message": message, "error_type": error_type}
+    if chain:
+        body["chain"] = list(chain)
+    return Reply.json(status, body)
+
+
+@dataclass(frozen=True)
+class _Route:
+    prefix: str  # "", "v1" or "v2"
+    kind: str  # "height", "plugins" or "plugin"
+    name: bytes | None = None  # the raw {name} segment of DELETE
 
 
 class RefNode:
@@ -128,6 +187,8 @@ class RefNode:
         self.token = ""
         self.port = options.port
         self._random = random.Random(options.faults.seed)
+        self._born = time.monotonic()
+        self.limiters: dict[str, RateLimiter] = {}
 
     # -- life cycle -------------------------------------------------------------
     @property
@@ -180,98 +241,187 @@ class RefNode:
 
     def _boot(self) -> None:
         """What the node does at start-up: a secret, a token, the start-up plugins."""
-        if self.options.jwt_secret is None:
+        options = self.options
+        if not options.slipstream and options.slipstream_configs:
+            # A build without the feature does not know the flag: clap refuses it.
+            raise StartupError("error: unexpected argument '--slipstream-config' found")
+        if options.jwt_secret is None:
             self.secret = os.urandom(16)
-        iat = self.options.jwt_timestamp or int(time.time())
-        claims = {"sub": self.options.address, "iat": iat, "exp": iat + TEN_YEARS}
+        iat = options.jwt_timestamp or int(time.time())
+        claims = {"sub": options.address, "iat": iat, "exp": iat + TEN_YEARS}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
             self.token = jwt.encode(claims, self.secret, algorithm="HS256")
         if self.token_file is not None:
+            # std::fs::write: created with 0666 & ~umask, truncated in place on a rewrite
+            # (so a mode an operator set is kept), and not atomic.
             self.token_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.token_file.with_suffix(".tmp")
-            tmp.write_text(self.token)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.token_file)
-        self.limiter = RateLimiter(self.options.rest_rps)
-        if not self.options.slipstream_configs:
+            self.token_file.write_text(self.token)
+        self.limiters = {prefix: RateLimiter(options.rest_rps) for prefix in PREFIXES}
+        if not options.slipstream_configs:
             self.manager = None
             return
-        self.manager = PluginManager()
-        for config in self.options.slipstream_configs:
+        manager = PluginManager(root=options.root)
+        for config in options.slipstream_configs:
             try:
-                self.manager.load(os.path.abspath(config))
+                manager.load(config)
             except PluginManagerError as exc:
                 raise StartupError(f"start-up plugin {config}: {exc.message}") from None
+        manager.load_delay = options.faults.load_delay
+        self.manager = manager
 
     # -- request handling (called from handler threads) ---------------------------
-    def handle(self, method: str, target: str, headers, body: bytes | None, client: str) -> Reply:
-        path = urlsplit(target).path
-        match = _ROUTE.match(path)
-        version = match.group(1) if match else (path.split("/")[1] if path.count("/") > 1 else "")
-        reply = self._route(method, match, headers, body, client)
-        if version == "v2" or 200 <= reply.status < 300:
-            return reply
-        return _flatten_for_v1(reply)
+    def handle(self, method: str, target: str, headers, body: bytes,
+               body_length: int | None = None, client: str = "127.0.0.1") -> Reply:
+        """One request through the node's router and layers. body_length is the declared
+        length when the body was too large to read (the extractor refuses it anyway)."""
+        route = self._match(urlsplit(target).path)
+        if route is None:
+            return Reply(404)  # the outer router's fallback: no layer sees it
+        reply = self._through_layers(route, method, headers, body,
+                                     len(body) if body_length is None else body_length,
+                                     client).with_headers(CORS_HEADERS)
+        return reply if route.prefix == "v2" else self._v1_error_middleware(reply)
 
-    def _route(self, method, match, headers, body, client) -> Reply:
-        wait = self.limiter.admit(client)
+    def _match(self, path: str) -> _Route | None:
+        """axum's routing, as raw path segments (no percent-decoding, no trailing `/`)."""
+        if not path.startswith("/"):
+            return None
+        parts = path[1:].split("/")
+        prefix = parts[0] if parts[0] in ("v1", "v2") else ""
+        if prefix:
+            parts = parts[1:]
+        if prefix == "v2" and not self.options.api_v2:
+            return None
+        if not parts or parts[0] != self.options.network:
+            return None
+        rest = parts[1:]
+        if rest == ["block", "height", "latest"]:
+            return _Route(prefix, "height")
+        if not self.options.slipstream or rest[:2] != ["slipstream", "plugins"]:
+            return None
+        if len(rest) == 2:
+            return _Route(prefix, "plugins")
+        if len(rest) == 3 and rest[2]:
+            return _Route(prefix, "plugin", unquote_to_bytes(rest[2]))
+        return None
+
+    def _allowed(self, route: _Route) -> tuple[str, ...]:
+        if route.kind == "height":
+            return ("GET", "HEAD")
+        if route.kind == "plugins":
+            return ("GET", "HEAD", "POST") if self.options.runtime_loading else ("GET", "HEAD")
+        return ("DELETE",) if self.options.runtime_loading else ()
+
+    def _through_layers(self, route: _Route, method: str, headers, body: bytes,
+                        body_length: int, client: str) -> Reply:
+        wait = self.limiters[route.prefix].admit(client)
         if wait > 0:
-            return _error(429, "too_many_requests", f"Too Many Requests! Wait for {wait:.3f}s")
-        if match is None or match.group(2) != self.options.network:
-            return Reply(404)
-        if match.group(1) == "v2" and not self.options.api_v2:
-            return Reply(404)
-        name = match.group(3)
-        allowed = ("DELETE",) if name is not None else ("GET", "POST")
-        if not self.options.runtime_loading:
-            allowed = () if name is not None else ("GET",)
+            # tower_governor's GovernorError::TooManyRequests text, given by snarkOS's
+            # error_handler as a bare body: no content type, no JSON, whole seconds.
+            return Reply(429, f"Too Many Requests! Wait for {int(wait)}s".encode())
+        allowed = self._allowed(route)
         if method not in allowed:
-            return Reply(405)
+            return Reply(405, headers=(("allow", ",".join(allowed)),) if allowed else ())
+        if route.kind == "height":
+            height = int((time.monotonic() - self._born) / BLOCK_SECONDS)
+            return Reply.json(200, height, pretty=True)
         if not self.options.nojwt and not self._authorized(headers.get("Authorization")):
             return Reply(401)
+        if route.kind == "plugin":
+            return self._unload(route)
         if method == "POST":
-            parsed = _parse_json_body(headers, body)
-            if isinstance(parsed, Reply):
-                return parsed
+            return self._load(headers, body, body_length)
         if self.manager is None:
-            return _error(503, "service_unavailable", "No Slipstream plugin manager is installed")
-        if method == "GET":
-            return Reply.json(200, self.manager.names(), pretty=True)
-        if method == "DELETE":
-            return self._unload(unquote(name))
+            return _no_manager()
+        return Reply.json(200, self.manager.names(), pretty=True)
+
+    def _load(self, headers, body: bytes, body_length: int) -> Reply:
+        """`slipstream_load_plugin`: `Json<serde_json::Value>` first, then `config_file`,
+        then the manager, then the load under its write lock."""
+        if not _json_content_type(headers.get("Content-Type")):
+            return Reply.text(415, "Expected request with `Content-Type: application/json`")
+        if body_length > BODY_LIMIT:
+            return Reply.text(413, "Failed to buffer the request body: length limit exceeded")
+        parsed = _serde_json(body)
+        if isinstance(parsed, Reply):
+            return parsed
         config_file = parsed.get("config_file") if isinstance(parsed, dict) else None
         if not isinstance(config_file, str):
-            return _error(400, "bad_request", "Missing required field: config_file")
-        return self._load(config_file)
-
-    def _load(self, config_file: str) -> Reply:
+            return rest_error(400, "bad_request", "Missing required field: config_file")
+        if self.manager is None:
+            return _no_manager()
         try:
-            return Reply.json(200, {"loaded": self.manager.load(config_file)})
+            name = self.manager.load(config_file)
         except PluginAlreadyLoaded as exc:
-            return _error(422, "unprocessable_entity", "Unable to load the plugin", (exc.message,))
+            return rest_error(422, "unprocessable_entity", exc.message)
         except PluginManagerError as exc:
-            return _error(500, "internal_server_error", "Unable to load the plugin",
-                          (exc.message, *exc.chain))
+            return rest_error(500, "internal_server_error", exc.message)
+        return Reply.json(200, {"loaded": name}, pretty=True)
 
-    def _unload(self, name: str) -> Reply:
+    def _unload(self, route: _Route) -> Reply:
+        """`slipstream_unload_plugin`: snarkOS's own Path extractor, the manager, then
+        the unload under the write lock."""
+        try:
+            name = route.name.decode("utf-8")
+        except UnicodeDecodeError:
+            path = f"/{route.prefix + '/' if route.prefix else ''}{self.options.network}" \
+                   f"/slipstream/plugins/{_requote(route.name)}"
+            return rest_error(400, "bad_request",
+                              f'Invalid argument "name" in path "{path}": invalid UTF-8 in '
+                              f"parameter", ("Invalid UTF-8 in `name`",))
+        if self.manager is None:
+            return _no_manager()
         try:
             self.manager.unload(name)
         except PluginNotLoaded as exc:
-            return _error(404, "not_found", exc.message)
-        return Reply.json(200, {"unloaded": True})
+            return rest_error(404, "not_found", exc.message)
+        return Reply.json(200, {"unloaded": True}, pretty=True)
+
+    def _v1_error_middleware(self, reply: Reply) -> Reply:
+        """snarkOS's `v1_error_middleware`: a non-2xx answer becomes a 500 whose body is the
+        RestError's message and chain joined by " — "; a body that is not a RestError (any
+        answer a layer or axum made) becomes "Failed to convert error" (snarkOS #4443).
+        `Response::new` sets no content type."""
+        if 200 <= reply.status < 300:
+            return reply
+        try:
+            error = json.loads(reply.body)
+            message, chain = error["message"], error.get("chain", [])
+            if not isinstance(message, str) or not isinstance(error["error_type"], str) or \
+                    not isinstance(chain, list) or not all(isinstance(c, str) for c in chain):
+                raise TypeError
+        except (ValueError, TypeError, KeyError):
+            text = "Failed to convert error"
+            if self.options.v1_http_code_suffix:
+                text += f" (HTTP {reply.status})"
+            return Reply(500, text.encode())
+        for cause in chain:
+            message = f"{message} — {cause}"
+        return Reply(500, message.encode())
 
     def _authorized(self, header: str | None) -> bool:
-        if not header or not header.startswith("Bearer "):
+        """auth_middleware: `TypedHeader<Authorization<Bearer>>`, then jsonwebtoken's
+        `decode::<Claims>` with `Validation::new(HS256)`: signature, `exp` required and
+        checked with 60 s leeway, `iat`/`nbf` not checked, `sub`/`iat`/`exp` must
+        deserialize (a string and two i64)."""
+        if not header or len(header) <= 7 or header[:6].lower() != "bearer":
             return False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
             try:
-                jwt.decode(header[7:].strip(), self.secret, algorithms=["HS256"],
-                           options={"require": ["exp"], "verify_sub": False})
+                claims = jwt.decode(header[7:].lstrip(), self.secret, algorithms=["HS256"],
+                                    options={"verify_exp": False, "verify_iat": False,
+                                             "verify_nbf": False})
             except jwt.PyJWTError:
                 return False
-        return True
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if not isinstance(claims.get("sub"), str):
+            return False
+        for value in (exp, iat):
+            if type(value) is not int or not I64[0] <= value <= I64[1]:
+                return False
+        return exp >= int(time.time()) - JWT_LEEWAY
 
     def fault_for(self) -> str | None:
         """Draws this request's injected fault: 'drop', 'error' or None."""
@@ -282,38 +432,89 @@ class RefNode:
             return "error"
         return None
 
-
-def _error(status: int, error_type: str, message: str, chain: tuple[str, ...] = ()) -> Reply:
-    body: dict[str, object] = {"message": message, "error_type": error_type}
-    if chain:
-        body["chain"] = list(chain)
-    return Reply.json(status, body)
-
-
-def _flatten_for_v1(reply: Reply) -> Reply:
-    """snarkOS's compatibility middleware: every non-2xx becomes a plain-text 500."""
-    text = ""
-    if reply.content_type == "application/json":
-        error = json.loads(reply.body)
-        text = " — ".join([error["message"], *error.get("chain", [])])
-    elif reply.status == 401:
-        text = "Unauthorized"  # inferred: the v1 text of an auth failure is not confirmed
-    elif reply.body:
-        text = reply.body.decode()
-    return Reply(500, text.encode(), "text/plain; charset=utf-8")
+    def injected_error(self, target: str) -> Reply:
+        reply = rest_error(500, "internal_server_error", "injected fault")
+        if urlsplit(target).path.startswith("/v2/"):
+            return reply
+        return self._v1_error_middleware(reply)
 
 
-def _parse_json_body(headers, body: bytes | None) -> object:
-    """axum's Json extractor: its own plain-text 415 and 400 come before the handler."""
-    content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        return Reply(415, b"Expected request with `Content-Type: application/json`",
-                     "text/plain; charset=utf-8")
+def _no_manager() -> Reply:
+    return rest_error(503, "service_unavailable", "No Slipstream plugin manager is installed")
+
+
+def _requote(raw: bytes) -> str:
+    return "".join(chr(b) if 0x21 <= b < 0x7F and b != 0x25 else f"%{b:02X}" for b in raw)
+
+
+def _json_content_type(value: str | None) -> bool:
+    """axum's `json_content_type`: a parsable mime `application/json` or
+    `application/*+json` (type and subtype case-insensitive), parameters allowed."""
+    if not value:
+        return False
+    essence = value.split(";", 1)[0].strip().lower()
+    kind, slash, subtype = essence.partition("/")
+    token = set("abcdefghijklmnopqrstuvwxyz0123456789!#$&^_.+-")
+    if not slash or not kind or not subtype or not set(kind) <= token or \
+            not set(subtype) <= token:
+        return False
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+# Python's json messages, in serde_json's words (the positions are Python's: inferred).
+_SERDE_MESSAGES = (
+    ("Expecting value", "expected value"),
+    ("Extra data", "trailing characters"),
+    ("Expecting property name enclosed in double quotes", "key must be a string"),
+    ("Expecting ',' delimiter", "expected `,` or `}`"),
+    ("Expecting ':' delimiter", "expected `:`"),
+    ("Unterminated string", "EOF while parsing a string"),
+    ("Invalid control character", "control character (\\u0000-\\u001F) found while parsing "
+                                  "a string"),
+    ("Invalid \\escape", "invalid escape"),
+    ("Invalid \\uXXXX escape", "invalid escape"),
+)
+
+
+def _serde_json(body: bytes) -> object:
+    """`serde_json::from_slice::<Value>` as axum's Json extractor runs it: UTF-8 only, no
+    NaN/Infinity, no lone surrogate escapes; a syntax error is axum's plain-text 400."""
+
+    def refuse(message: str, line: int = 1, column: int = 1) -> Reply:
+        return Reply.text(400, f"Failed to parse the request body as JSON: {message} at "
+                               f"line {line} column {column}")
+
     try:
-        return json.loads(body or b"")
-    except ValueError as exc:
-        return Reply(400, f"Failed to parse the request body as JSON: {exc}".encode(),
-                     "text/plain; charset=utf-8")
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return refuse("invalid unicode code point", 1, exc.start + 1)
+    if not text.strip():
+        return refuse("EOF while parsing a value", 1 + text.count("\n"), 0)
+
+    def no_constants(name: str) -> object:
+        raise ValueError(f"Expecting value: line 1 column 1 (char 0) [{name}]")
+
+    try:
+        value = json.loads(text, parse_constant=no_constants)
+    except json.JSONDecodeError as exc:
+        message = next((serde for python, serde in _SERDE_MESSAGES
+                        if exc.msg.startswith(python)), exc.msg)
+        return refuse(message, exc.lineno, exc.colno)
+    except (ValueError, RecursionError):
+        return refuse("expected value")
+    if _has_surrogate(value):
+        return refuse("lone leading surrogate in hex escape")
+    return value
+
+
+def _has_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        return any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogate(v) for v in value)
+    return False
 
 
 class _Server(ThreadingHTTPServer):
@@ -356,43 +557,76 @@ class _Handler(BaseHTTPRequestHandler):
 
     def finish(self) -> None:
         self.server.track(self.connection, False)
-        super().finish()
+        with contextlib.suppress(OSError):
+            super().finish()
 
     def log_message(self, format: str, *args) -> None:
         pass
 
+    def _read_body(self) -> tuple[bytes, int | None]:
+        """The whole body (Content-Length or chunked); a body over READ_CAP is left unread
+        (its declared length returned) and the connection closed after the answer."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            total = 0
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks), None
+                total += size
+                if total > READ_CAP:
+                    self.close_connection = True
+                    return b"", total
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > READ_CAP:
+            self.close_connection = True
+            return b"", length
+        return (self.rfile.read(length) if length else b""), None
+
     def _serve(self) -> None:
         node = self.server.node
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > BODY_LIMIT:
-            self._send(Reply(413, b"length limit exceeded", "text/plain; charset=utf-8"))
+        try:
+            body, oversize = self._read_body()
+        except ValueError:
+            self._send(Reply.text(400, "Bad Request"))
+            self.close_connection = True
             return
-        body = self.rfile.read(length) if length else None
         fault = node.fault_for()
         if node.options.faults.latency_ms:
             time.sleep(node.options.faults.latency_ms / 1000)
         if fault == "drop":
             self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
             node.requests.append(LoggedRequest(time.time(), self.command, self.path, 0, ""))
             return
         if fault == "error":
-            reply = _error(500, "internal_server_error", "injected fault")
-            if not self.path.startswith("/v2/"):
-                reply = _flatten_for_v1(reply)
+            reply = node.injected_error(self.path)
         else:
-            reply = node.handle(self.command, self.path, self.headers, body, self.client_address[0])
+            reply = node.handle(self.command, self.path, self.headers, body, oversize,
+                                self.client_address[0])
         node.requests.append(LoggedRequest(time.time(), self.command, self.path, reply.status,
-                                           (body or b"").decode("utf-8", "replace")))
+                                           body.decode("utf-8", "replace")))
         self._send(reply)
 
-    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _serve
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
     def _send(self, reply: Reply) -> None:
         head = [f"HTTP/1.1 {reply.status} {self.responses.get(reply.status, ('',))[0]}"]
         if reply.content_type:
             head.append(f"content-type: {reply.content_type}")
+        head.extend(f"{name}: {value}" for name, value in reply.headers)
         head.append(f"content-length: {len(reply.body)}")
         if self.close_connection:
             head.append("connection: close")
-        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + reply.body)
+        head.append(f"date: {formatdate(usegmt=True)}")
+        payload = b"" if self.command == "HEAD" else reply.body
+        try:
+            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+        except OSError:
+            # The client gave up (a slow load, say); the node's work stands regardless.
+            self.close_connection = True
