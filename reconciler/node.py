@@ -188,10 +188,12 @@ class Pacer:
         self._set(rps, burst=True)
 
     def _set(self, rps: float, burst: bool) -> None:
-        # 2 % slower than the node lets us go: clocks and queues are not exact.
+        # 2 % slower than the node lets us go, and one request of its burst kept in
+        # reserve: clocks, queues and a busy host are not exact, and a request that
+        # arrives late brings the next one closer than we sent it.
         self.rps = rps
         self._interval = 1.02 / rps if rps > 0 else 0.0
-        self._tolerance = self._interval * (max(1, int(rps)) - 1) if burst else 0.0
+        self._tolerance = self._interval * max(0, int(rps) - 2) if burst else 0.0
 
     @property
     def interval(self) -> float:
