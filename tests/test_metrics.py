@@ -22,8 +22,8 @@ from tests.test_daemon import daemon  # noqa: F401 -- the fixture that runs `run
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is missing; install it with: "
-                             "apt-get install -y --no-install-recommends prometheus")
+    PROMTOOL is None, reason="promtool is missing; install it with: apt-get install -y "
+                             "prometheus (.ci/run installs only its promtool binary)")
 
 
 def _silent_listener() -> socket.socket:
