@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import email.parser
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -101,3 +103,31 @@ def test_wheel_in_a_fresh_venv_runs_the_demo(dist: Path, tmp_path: Path) -> None
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "Traceback" not in demo.stdout + demo.stderr
     assert "The demo node is stopped" in demo.stdout
+
+
+def test_the_workflows_tagged_git_install_works(tmp_path: Path) -> None:
+    """configs/ci/github-actions.yml installs `slipstream-reconciler @ git+URL@vX.Y.Z`: the
+    same requirement, with this repository's committed HEAD tagged in a clone standing in
+    for the project's git host, installs into a fresh venv and runs."""
+    import yaml
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs git and a git checkout of the project")
+    spec = yaml.safe_load((ROOT / "configs" / "ci" / "github-actions.yml").read_text())[
+        "env"]["SLIPSTREAM_RECONCILER"]
+    clone = tmp_path / "slipstream-reconciler"
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(clone)],
+                   check=True, timeout=120)
+    tag = spec.rsplit("@", 1)[1]
+    subprocess.run(["git", "-C", str(clone), "tag", tag], check=True, timeout=60)
+    local = re.sub(r"git\+https://\S+@", f"git+file://localhost{clone}@", spec)
+    assert local != spec and local.endswith(f"@{tag}")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                           "--disable-pip-version-check", local], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    version = subprocess.run([str(venv / "bin" / "slipstream-reconciler"), "--version"],
+                             capture_output=True, text=True, timeout=60)
+    assert version.stdout.strip() == f"slipstream-reconciler {tag.removeprefix('v')}"
