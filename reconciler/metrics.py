@@ -6,12 +6,27 @@ library doing a job better than code we would write); the server is ours only so
 
 from __future__ import annotations
 
+import ipaddress
+import platform
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import generate_latest
+
+from reconciler import __version__
+from reconciler.errors import SettingsError
 
 PREFIX = "slipstream_reconciler"
 STATES = ("in-sync", "pending-load", "pending-replace", "pending-unload", "pending-adopt",
@@ -22,6 +37,14 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_* (CPU, memory, open fds, start time) and python_info: the standard
+        # series dashboards and alerts expect from any exporter.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        # slipstream_reconciler_build_info{version=...} 1: which release is running where.
+        Info(f"{PREFIX}_build", "The running slipstream-reconciler release.",
+             registry=r).info({"version": __version__,
+                               "python_version": platform.python_version()})
         self.passes = Counter(f"{PREFIX}_passes", "Reconcile passes, by what triggered them "
                               "and how they ended.", ["trigger", "result"], registry=r)
         self.pass_seconds = Histogram(f"{PREFIX}_pass_duration_seconds",
@@ -48,9 +71,37 @@ class Metrics:
             self.plugins.labels(state).set(counts.get(state, 0))
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """HOST:PORT, [IPv6]:PORT or :PORT (loopback). A bare IPv6 address without brackets
+    is refused: its last group would be read as the port."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(f"--metrics-address must be HOST:PORT or [IPv6]:PORT, not {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise SettingsError(f"--metrics-address: write an IPv6 address in brackets, "
+                            f"[{host}]:{port}")
+    return host or "127.0.0.1", int(port)
+
+
+def _server_class(host: str) -> type[ThreadingHTTPServer]:
+    try:
+        is_v6 = ipaddress.ip_address(host).version == 6
+    except ValueError:  # a host name: resolved by the server as IPv4, as before
+        is_v6 = False
+    if not is_v6:
+        return ThreadingHTTPServer
+
+    class Server6(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    return Server6
+
+
 class MetricsServer:
     def __init__(self, metrics: Metrics, address: str, healthy: Callable[[], bool]) -> None:
-        host, _, port = address.rpartition(":")
+        host, port = split_address(address)
         metrics_ref, healthy_ref = metrics, healthy
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,9 +124,11 @@ class MetricsServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+        self.server = _server_class(host)((host, port), Handler)
         self.server.daemon_threads = True
-        self.address = f"{self.server.server_address[0]}:{self.server.server_address[1]}"
+        bound_host, bound_port = self.server.server_address[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self.address = f"{shown}:{bound_port}"
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.2,),
                                         name="metrics", daemon=True)
 

@@ -388,12 +388,14 @@ class NodeClient:
         token = self.auth.token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        status = 0  # counted as 0 ("no answer") unless a whole answer arrives
         try:
             response = self.session.request(
                 method, self.url + path, json=body, headers=headers, stream=True,
                 timeout=(min(3.05, self.timeout), self.timeout), allow_redirects=False)
             with response:
                 raw = _read_capped(response, self.timeout)
+            status = response.status_code
         except requests.exceptions.Timeout:
             raise NodeUnreachable(f"the node at {self.shown} did not answer within "
                                   f"{self.timeout:g} s") from None
@@ -405,8 +407,9 @@ class NodeClient:
         except requests.exceptions.RequestException as exc:
             raise NodeUnreachable(f"cannot reach the node at {self.shown}: "
                                   f"{_reason(exc)}") from None
-        if self.on_response is not None:
-            self.on_response(method, response.status_code)
+        finally:
+            if self.on_response is not None:  # every request, timeouts and refusals too
+                self.on_response(method, status)
         if 300 <= response.status_code < 400:
             raise BadResponse(f"the node at {self.shown} answered with a redirect "
                               f"({response.status_code}) to {response.headers.get('Location')!r};"
