@@ -443,19 +443,18 @@ def _status_report(settings: Settings, policy, output: Output):
     the_plan, _ = reconciler.plan()
     rows = statuses(the_plan)
     client = reconciler.client
+    refused = reconciler.cannot_apply(the_plan)
     prefix = client.prefix
     directory = str(settings.config_dir.absolute())
     meta = {"node": settings.shown_url, "network": settings.network, "api_prefix": prefix,
-            "node_kind": client.kind.value if client.kind else None,
+            "node_kind": client.kind.value if client.kind else None, "cannot_apply": refused,
             "config_dir": directory, "in_sync": in_sync(rows),
             "daemon": render.daemon_json(record, alive)}
     counts = ", ".join(f"{n} {s}" for s, n in sorted(count_states(rows).items()))
     footer = (f"node {settings.shown_url} · network {settings.network} · {client.described}"
               f" · {counts or 'no plugins'}")
-    refused = reconciler.cannot_apply(the_plan)
     if refused:
         footer += f"\nthis node cannot apply the changes: {refused}"
-    meta["cannot_apply"] = refused
     daemon_line = render.daemon_line(record, alive)
     if daemon_line:
         footer += "\n" + daemon_line
