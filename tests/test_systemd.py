@@ -16,12 +16,13 @@ from reconciler.cli import app
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "slipstream-reconciler.service"
 ENV = ROOT / "systemd" / "slipstream-reconciler.env"
+INSTALLED = "/opt/slipstream-reconciler/bin/slipstream-reconciler"  # the guide's venv
 
 
 def unit_for_this_machine(tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at this venv's script, which verify requires."""
     script = Path(sys.executable).with_name("slipstream-reconciler")
-    text = UNIT.read_text().replace("/usr/local/bin/slipstream-reconciler", str(script))
+    text = UNIT.read_text().replace(INSTALLED, str(script))
     path = tmp_path / UNIT.name
     path.write_text(text)
     return path
