@@ -333,6 +333,8 @@ class LedgerStore:
             repair_ownership(self.state_dir)
             yield
         finally:
+            with contextlib.suppress(OSError):
+                repair_ownership(self.state_dir)  # what others wrote meanwhile (the cache)
             os.close(fd)  # releases the lock
 
     def _ensure_dir(self) -> None:
@@ -380,8 +382,9 @@ def _keep_owner(path: Path) -> None:
 
 
 def repair_ownership(state_dir: Path) -> None:
-    """As root, under the lock: any file in the state directory (and its copies folder)
-    not owned by the directory's owner is given back to it."""
+    """As root, under the lock (on taking it and on leaving it): any file in the state
+    directory (and its copies folder) not owned by the directory's owner is given back to
+    it. Costs one scandir when not root: nothing at all."""
     owner = _owner_of(state_dir)
     if owner is None:
         return
