@@ -43,6 +43,7 @@ UNIT = "slipstream-reconciler"
 DROPIN = f"/etc/systemd/system/{UNIT}.service.d"
 STATE = "/var/lib/slipstream-reconciler"
 FIRST_PASS_PLUGINS = 40  # at 10 req/s a first pass of ~4 s, against TimeoutStartSec=2s
+LATE: list[str] = []  # the plugins the watchdog test added
 
 BOOT = r"""
 set -e
@@ -361,21 +362,29 @@ def test_the_watchdog_is_pinged_through_long_429_waits(machine, deployed):
     threads = [threading.Thread(target=hammer, daemon=True) for _ in range(2)]
     for t in threads:
         t.start()
+    starved = None
     try:
         time.sleep(1)
-        m.run("printf 'ELF placeholder' > /opt/plugin-libs/liblate.so && "
-              "chmod 0644 /opt/plugin-libs/liblate.so")
-        m.write("/etc/slipstream/plugins.d/late.json5",
-                '{libpath: "/opt/plugin-libs/liblate.so", name: "late"}')
-        time.sleep(13)
-        assert not any("load late" in line for line in _journal(m)), \
-            "the other client did not keep the node busy: this proves nothing"
+        # Now and then the daemon's retry lands on a free slot before the other client
+        # takes it: then this try proves nothing, and another plugin is tried.
+        for attempt in range(3):
+            name = f"late{attempt}"
+            m.run(f"printf 'ELF placeholder' > /opt/plugin-libs/lib{name}.so && "
+                  f"chmod 0644 /opt/plugin-libs/lib{name}.so")
+            m.write(f"/etc/slipstream/plugins.d/{name}.json5",
+                    f'{{libpath: "/opt/plugin-libs/lib{name}.so", name: "{name}"}}')
+            time.sleep(13)
+            if not any(f"load {name} " in line for line in _journal(m)):
+                starved = name
+                break
     finally:
         stop.set()
         for t in threads:
             t.join(5)
-    _wait(lambda: m.record()["summary"] == synced(FIRST_PASS_PLUGINS + 1), 30,
-          "the late plugin to be loaded")
+    assert starved, "the other client never kept the node busy for 13 s: this proves nothing"
+    LATE.extend(f"late{i}" for i in range(attempt + 1))
+    _wait(lambda: m.record()["summary"] == synced(FIRST_PASS_PLUGINS + len(LATE)), 30,
+          f"{starved} to be loaded once the other client stops")
     assert (m.show("MainPID"), m.show("NRestarts")) == (pid, restarts)
     assert not any("atchdog" in line for line in _journal(m))
 
@@ -408,7 +417,7 @@ def test_the_journal_has_one_line_per_action_and_no_secret(machine, deployed):
     m = machine
     journal = _journal(m)
     text = "\n".join(journal)
-    for name in ["postgres", *(f"p{i:02d}" for i in range(1, FIRST_PASS_PLUGINS)), "late"]:
+    for name in ["postgres", *(f"p{i:02d}" for i in range(1, FIRST_PASS_PLUGINS)), *LATE]:
         lines = [line for line in journal if re.match(rf"(INFO )?load {name} \(", line)]
         assert len(lines) == 1, (name, lines)
     assert deployed["secret"] not in text
