@@ -163,7 +163,7 @@ def _read_text(path: Path, what: str) -> str:
 def _unreadable(what: str, path: Path, exc: OSError) -> str:
     reason = (exc.strerror or str(exc)).lower()
     message = f"cannot read {what} {path}: {reason}"
-    if isinstance(exc, PermissionError) and os.geteuid() != 0:
+    if isinstance(exc, PermissionError) and os.geteuid() != 0 and "credential" not in what:
         message += (f" (this process runs as uid {os.geteuid()}; under systemd's DynamicUser= "
                     "hand the file over with LoadCredential=, see docs/operator-guide.md)")
     return message

@@ -177,3 +177,27 @@ def test_apply_as_root_gives_new_state_files_to_the_state_directory_owner(ws, no
     ws.config("b.json5", name="b")
     assert cli("apply", node=node).code == 0
     assert {p.stat().st_uid for p in ws.state.rglob("*")} == {61234}
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_the_guides_token_file_drop_in_verifies(tmp_path):
+    """The operator guide's drop-in for the node's token file, as written, on the unit."""
+    guide = (ROOT / "docs" / "operator-guide.md").read_text()
+    section = guide.split("\n## The systemd service\n", 1)[1]
+    block = re.search(r"```ini\n(.*?)```", section, re.S)
+    assert block and "LoadCredential=jwt-token:" in block.group(1)
+    token = tmp_path / "jwt_secret_aleo1test.txt"
+    token.write_text("token\n")
+    text = re.sub(r"jwt-token:\S+", f"jwt-token:{token}", block.group(1))
+    unit = unit_for_this_machine(tmp_path)
+    dropins = tmp_path / f"{unit.name}.d"
+    dropins.mkdir()
+    (dropins / "override.conf").write_text(text)
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert "slipstream-reconciler" not in done.stderr, done.stderr
+    (dropins / "override.conf").write_text(text.replace("LoadCredential=", "LoadCredentail="))
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                          text=True)
+    assert "LoadCredentail" in done.stderr, "the drop-in was not read: this proves nothing"
