@@ -34,9 +34,12 @@ from reconciler.options import (
     with_policy,
     with_settings,
 )
-from reconciler.settings import Settings
+from reconciler.settings import Settings, default_state_dir
 
 OK, ERROR, CHANGES, NOT_CONVERGED = 0, 1, 2, 3
+# `run` only: a settings error at start-up is not a crash. 78 is sysexits' EX_CONFIG; the
+# unit's RestartPreventExitStatus=78 stops systemd retrying a mistake every RestartSec=.
+SETTINGS_ERROR = 78
 
 app = typer.Typer(
     name="slipstream-reconciler",
@@ -51,8 +54,10 @@ _debug = {"on": False}
 log = logging.getLogger("slipstream-reconciler")
 
 
-def guarded(command):
+def guarded(command=None, *, settings_code: int = ERROR):
     """Operator-readable errors instead of tracebacks, with a stable exit code."""
+    if command is None:
+        return functools.partial(guarded, settings_code=settings_code)
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -64,7 +69,8 @@ def guarded(command):
             if _debug["on"]:
                 traceback.print_exc()
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(ERROR) from None
+            code = settings_code if isinstance(exc, SettingsError) else ERROR
+            raise typer.Exit(code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
@@ -470,7 +476,7 @@ class LogFormat(StrEnum):
 
 
 @app.command()
-@guarded
+@guarded(settings_code=SETTINGS_ERROR)
 @with_settings
 @with_policy
 def run(
@@ -510,8 +516,9 @@ def run(
       slipstream-reconciler run          # settings from SLIPSTREAM_* (EnvironmentFile=)
       slipstream-reconciler run --no-watch --log-format json
 
-    SIGHUP runs a pass now; SIGTERM stops within 5 s. Exits 0 when stopped; 1 only for
-    bad settings at start-up.
+    SIGHUP runs a pass now (`reload` does it and waits for the pass); SIGTERM stops
+    within 5 s. Exits 0 when stopped; 78 for bad settings at start-up (an unreadable
+    credential included), which systemd does not retry.
     """
     from reconciler import logs
     from reconciler.daemon import Daemon, DaemonOptions
@@ -529,6 +536,34 @@ def run(
     options = DaemonOptions(debounce, max_wait, probe_interval, resync_interval, max_backoff,
                             None if metrics_address == "off" else metrics_address, watch)
     raise typer.Exit(Daemon(settings, policy, options).run())
+
+
+@app.command()
+@guarded
+def reload(
+    pid: Annotated[int, typer.Option(
+        "--pid", help="The daemon's process id (systemd: $MAINPID).")],
+    state_dir: Annotated[Path | None, typer.Option(
+        "--state-dir", envvar="SLIPSTREAM_STATE_DIR", show_default=False,
+        help="The daemon's state directory.")] = None,
+    wait: Annotated[float, typer.Option(
+        "--wait", help="Longest wait for the pass (seconds).")] = 85.0,
+) -> None:
+    """Ask the running daemon for a pass now and wait until it has run: the unit's
+    ExecReload=, so that `systemctl reload` returns after the new pass.
+
+    
+    Example:
+      slipstream-reconciler reload --pid "$(systemctl show -P MainPID slipstream-reconciler)"
+
+    Exit 0 once a pass that started after the request has ended (whatever its result,
+    which is printed); 1 when the daemon is not running or the pass outlasts --wait.
+    """
+    from reconciler.daemon import request_pass
+
+    code, message = request_pass(pid, state_dir or default_state_dir(), wait)
+    typer.echo(message, err=code != OK)
+    raise typer.Exit(code)
 
 
 # -- node: the reference node -----------------------------------------------------------
@@ -656,7 +691,9 @@ def main() -> None:
         code = app(standalone_mode=False)
     except click.exceptions.UsageError as exc:
         exc.show()
-        code = ERROR
+        # a bad SLIPSTREAM_* value for `run` is a settings error too (see SETTINGS_ERROR)
+        code = SETTINGS_ERROR if exc.ctx is not None and exc.ctx.info_name == "run" \
+            else ERROR
     except click.exceptions.Abort:
         typer.echo("aborted", err=True)
         code = 130

@@ -6,7 +6,8 @@ Threads, each with one job:
 - the probe asks the node for its plugin list every --probe-interval and scans the config
   directory; a difference from what the last pass left starts a pass at once;
 - watchdog's observer turns file activity into file events;
-- the main thread handles signals and systemd's watchdog, and stops the others.
+- the main thread handles signals and keeps systemd informed: WATCHDOG=1 while the loop
+  is healthy, EXTEND_TIMEOUT_USEC= while the first pass runs (READY=1 comes after it).
 
 Nothing the node or the files do makes the daemon exit: failures become backoff, stalled
 loads, a blocked state or an invalid file, each visible in status, logs and metrics.
@@ -40,6 +41,7 @@ log = logging.getLogger("slipstream-reconciler")
 
 FORMAT_VERSION = 1
 STOP_GRACE = 4.5  # SIGTERM: the call in flight may finish; we are gone within 5 s
+START_EXTENSION = 15.0  # each EXTEND_TIMEOUT_USEC= during the first pass, sent every second
 SCAN_EVERY = 5  # with inotify, the fallback scan runs every 5th probe
 
 
@@ -69,6 +71,7 @@ class Daemon:
         self.directory = os.path.abspath(settings.config_dir)
         self.watch = DirectoryWatch(self.directory, self.trigger.file_event, options.watch)
         self.heartbeat = time.monotonic()
+        self.progress = self.heartbeat  # the last answer from the node (a 429 counts)
         self.started_at = time.time()
         self.passes = 0
         self.expected_live: frozenset[str] | None = None
@@ -105,10 +108,7 @@ class Daemon:
         probe.start()
         log.info("reconciling %s onto %s (%s)", self.directory, self.settings.shown_url,
                  self.settings.network)
-        beat = self.notifier.watchdog_interval
-        while not self.stopping.wait(beat or 1.0):
-            if beat and self.healthy():
-                self.notifier.watchdog()
+        self._keep_systemd_informed()
         self.notifier.stopping()
         log.info("stopping")
         self.trigger.interrupt()
@@ -120,21 +120,51 @@ class Daemon:
             server.stop()
         return 0
 
+    def _keep_systemd_informed(self) -> None:
+        """Until SIGTERM: ping the watchdog every half WatchdogSec= while healthy(), and
+        extend the start timeout while the first pass is healthy. Both stop when the loop
+        is stuck, so systemd still restarts a daemon that hangs."""
+        beat = self.notifier.watchdog_interval
+        tick = min(beat, 1.0) if beat else 1.0
+        last_ping = 0.0
+        while not self.stopping.wait(tick):
+            if not self.notifier.enabled or not self.healthy():
+                continue
+            now = time.monotonic()
+            if beat and now - last_ping >= beat - tick / 2:
+                self.notifier.watchdog()
+                last_ping = now
+            if not self.ready:
+                self.notifier.extend_timeout(START_EXTENSION)
+
     def _on_stop(self, *_) -> None:
         self.stopping.set()
         self.trigger.interrupt()
 
     def healthy(self) -> bool:
+        """The loop came round recently; or it is inside a pass whose node calls are within
+        their bound: the node answered lately (429s included), or the call in flight is
+        still inside the client's patience for rate limits plus a timeout. A pass waiting
+        out 429s for two minutes is healthy; a loop that stopped turning is not."""
+        now = time.monotonic()
         limit = max(10.0, 2 * self.settings.timeout + 5)
-        return time.monotonic() - self.heartbeat < limit
+        if now - self.heartbeat < limit:
+            return True
+        if not self.in_pass.is_set():
+            return False
+        patience = getattr(self.reconciler.client, "patience", 120.0)
+        return now - max(self.heartbeat, self.progress) < patience + limit
 
     def _hook_clients(self) -> None:
         client = self.reconciler.client
         self.probe_client = node_client(self.settings)
         self.probe_client.pacer = client.pacer  # one budget: the node limits per client IP
+        def on_response(method: str, status: int) -> None:
+            self.progress = time.monotonic()
+            self.metrics.http.labels(method, str(status)).inc()
+
         for c in (client, self.probe_client):
-            c.on_response = lambda method, status: self.metrics.http.labels(method,
-                                                                            str(status)).inc()
+            c.on_response = on_response
 
     # -- the loop ----------------------------------------------------------------------
     def _loop(self) -> None:
@@ -312,6 +342,7 @@ class Daemon:
             "format_version": FORMAT_VERSION,
             "pid": os.getpid(),
             "started_at": self.started_at,
+            "passes": self.passes,
             "node": self.settings.shown_url,
             "summary": self.summary,
             "last_pass": {"trigger": wake.primary, "reasons": sorted(wake.reasons),
@@ -343,6 +374,33 @@ def read_record(state_dir: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def request_pass(pid: int, state_dir: Path, wait: float) -> tuple[int, str]:
+    """SIGHUP to the daemon, then wait until daemon.json records a pass that started after
+    it: systemd 252 has no Type=notify-reload, and systemd.service(5) wants ExecReload= to
+    return only once the reload is done. Returns (exit code, message)."""
+    asked = time.time()
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except (ProcessLookupError, PermissionError) as exc:
+        return 1, f"error: cannot signal the daemon (pid {pid}): {exc.strerror.lower()}"
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        record = read_record(state_dir) or {}
+        last = record.get("last_pass") or {}
+        started = last.get("started_at")
+        if record.get("pid") == pid and isinstance(started, (int, float)) and started >= asked:
+            return 0, f"pass {record.get('passes', '?')}: {record.get('summary', '')}"
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return 1, f"error: the daemon (pid {pid}) exited before the pass ran"
+        except PermissionError:
+            pass
+        time.sleep(0.05)
+    return 1, (f"error: no pass recorded in {state_dir / 'daemon.json'} within {wait:.0f} s; "
+               "the daemon runs it as soon as the pass in flight ends")
 
 
 def running(record: dict) -> bool:

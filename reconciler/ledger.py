@@ -239,7 +239,7 @@ class LedgerStore:
 
     def _open_journal(self) -> None:
         self._ensure_dir()
-        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = _create(self.journal_path, os.O_WRONLY | os.O_APPEND)
         if not self._journal_current:
             os.ftruncate(fd, 0)  # a stale or torn journal: appending would hide our events
         if os.fstat(fd).st_size == 0:
@@ -256,7 +256,9 @@ class LedgerStore:
         path = self.copy_path(config_sha256)
         if path.exists():
             return
-        self.copies_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.copies_dir.is_dir():
+            self.copies_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _keep_owner(self.copies_dir)
         # Off the critical path, and not fsync'd: a copy lost to a power cut only means
         # no rollback for that config (and a same-host node lost its plugins anyway).
         self._worker.write(path, json.dumps(config, indent=1).encode() + b"\n")
@@ -318,7 +320,7 @@ class LedgerStore:
     def lock(self, on_wait=None) -> Iterator[None]:
         """One pass at a time, across processes: `apply` waits for the daemon's pass."""
         self._ensure_dir()
-        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = _create(self.state_dir / "lock", os.O_RDWR)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -328,8 +330,11 @@ class LedgerStore:
                 if on_wait is not None:
                     on_wait()
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            repair_ownership(self.state_dir)
             yield
         finally:
+            with contextlib.suppress(OSError):
+                repair_ownership(self.state_dir)  # what others wrote meanwhile (the cache)
             os.close(fd)  # releases the lock
 
     def _ensure_dir(self) -> None:
@@ -340,9 +345,64 @@ class LedgerStore:
                               f"{exc.strerror}; set --state-dir") from None
 
 
+# -- ownership: root beside the service --------------------------------------------
+# The service runs as its own (dynamic) user and owns the state directory. An operator's
+# `apply` as root works on the same files, under the same lock; every file it creates is
+# handed to the directory's owner, so the service can read and append to it afterwards.
+# Root needs no permission bits to read them. Files left root-owned by an older version
+# are repaired the next time root takes the lock.
+
+def _owner_of(directory: Path) -> tuple[int, int] | None:
+    """(uid, gid) to give new files in directory, or None when ours are right already."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
+
+
+def _create(path: Path, flags: int) -> int:
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    owner = _owner_of(path.parent)
+    if owner is not None:
+        try:
+            os.fchown(fd, *owner)
+        except OSError:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _keep_owner(path: Path) -> None:
+    owner = _owner_of(path.parent)
+    if owner is not None:
+        os.chown(path, *owner, follow_symlinks=False)
+
+
+def repair_ownership(state_dir: Path) -> None:
+    """As root, under the lock (on taking it and on leaving it): any file in the state
+    directory (and its copies folder) not owned by the directory's owner is given back to
+    it. Costs one scandir when not root: nothing at all."""
+    owner = _owner_of(state_dir)
+    if owner is None:
+        return
+    for folder in (state_dir, state_dir / "configs"):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if (st.st_uid, st.st_gid) != owner:
+                    os.chown(entry.path, *owner, follow_symlinks=False)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = _create(tmp, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, data)
         os.fsync(fd)
@@ -420,7 +480,7 @@ def _plain(value) -> dict:
 
 def _write_private(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = _create(tmp, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, data)
     finally:

@@ -429,3 +429,80 @@ def test_secrets_stay_out_of_the_daemon_log(ws, node, daemon):
     d.stop()
     assert "hunter2-s3cret" not in d.log and node.token not in d.log
     assert "hunter2-s3cret" not in (ws.state / "daemon.json").read_text()
+
+
+# -- systemd's interface, the parts a real systemd cannot show here ------------------------
+def test_extend_timeout_is_sent_during_the_first_pass_and_not_after(ws, make_node, daemon,
+                                                                    tmp_path):
+    node = make_node(rest_rps=4)
+    for i in range(12):
+        ws.config(f"p{i:02d}.json5", name=f"p{i:02d}")
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    # 12 loads at 4 req/s: a first pass of about 3 s, over a start timeout's extension ticks
+    daemon(node, env={"NOTIFY_SOCKET": path, "SLIPSTREAM_MAX_RPS": "4"})
+    messages: list[str] = []
+    while not any("READY=1" in m for m in messages):
+        messages.append(sock.recv(4096).decode())
+    ready_at = next(i for i, m in enumerate(messages) if "READY=1" in m)
+    assert any(m.startswith("EXTEND_TIMEOUT_USEC=") for m in messages[:ready_at]), messages
+    sock.settimeout(1.5)
+    later: list[str] = []
+    try:
+        while True:
+            later.append(sock.recv(4096).decode())
+    except TimeoutError:
+        pass
+    assert not any("EXTEND_TIMEOUT_USEC" in m for m in later), later
+    sock.close()
+
+
+def test_reload_returns_after_a_pass_that_started_after_it(ws, node, daemon):
+    d = daemon(node, "--no-watch", "--probe-interval", "3600")
+    wait_for(lambda: d.record() is not None, message="the first pass")
+    ws.config("a.json5", name="a")
+    asked = time.time()
+    done = subprocess.run([str(SCRIPT), "reload", "--pid", str(d.proc.pid), "--state-dir",
+                           str(ws.state)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "a" in names(node)  # the pass had run when reload returned
+    record = d.record()
+    assert record["last_pass"]["started_at"] >= asked and record["passes"] >= 2
+    assert done.stdout.strip().startswith(f"pass {record['passes']}: in sync")
+
+
+def test_reload_without_a_daemon_is_an_error(ws, tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    done = subprocess.run([str(SCRIPT), "reload", "--pid", str(gone.pid), "--state-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "cannot signal the daemon" in done.stderr
+
+
+@pytest.mark.parametrize("env, args", [
+    ({"SLIPSTREAM_NETWORK": "moonnet"}, ()),
+    ({"SLIPSTREAM_TIMEOUT": "soon"}, ()),  # click parses the variable itself
+    ({}, ("--log-level", "loud")),
+])
+def test_run_exits_78_on_settings_errors_so_systemd_does_not_retry(ws, node, daemon, env,
+                                                                   args):
+    d = daemon(node, *args, env=env)
+    assert d.proc.wait(timeout=30) == 78, d.log
+    assert "Traceback" not in d.log
+
+
+def test_other_commands_keep_exit_1_for_settings_errors(cli):
+    assert cli("status", env={"SLIPSTREAM_NETWORK": "moonnet"}).code == 1
+
+
+def test_the_token_file_warning_is_printed_once_and_says_the_fix(ws, node, daemon):
+    node.token_file.chmod(0o644)  # what a real node writes
+    d = daemon(node)
+    wait_for(lambda: d.record() is not None, message="the first pass")
+    time.sleep(0.5)  # the probe's client is made by then too
+    warnings = [line for line in d.lines if "readable by group or others" in line]
+    assert len(warnings) == 1, warnings
+    assert f"chmod 600 {node.token_file}" in warnings[0]
+    assert "keeps that mode" in warnings[0]

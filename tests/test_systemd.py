@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -16,12 +17,13 @@ from reconciler.cli import app
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "slipstream-reconciler.service"
 ENV = ROOT / "systemd" / "slipstream-reconciler.env"
+INSTALLED = "/opt/slipstream-reconciler/bin/slipstream-reconciler"  # the guide's venv
 
 
 def unit_for_this_machine(tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at this venv's script, which verify requires."""
     script = Path(sys.executable).with_name("slipstream-reconciler")
-    text = UNIT.read_text().replace("/usr/local/bin/slipstream-reconciler", str(script))
+    text = UNIT.read_text().replace(INSTALLED, str(script))
     path = tmp_path / UNIT.name
     path.write_text(text)
     return path
@@ -67,6 +69,16 @@ def test_the_unit_is_a_notify_service_with_the_issue_hardening():
                        ("CapabilityBoundingSet", "")):
         assert d[key] == [value], key
     assert "@system-service" in d["SystemCallFilter"]
+    assert d["SystemCallErrorNumber"] == ["EPERM"]
+
+
+def test_the_unit_runs_the_venv_reloads_synchronously_and_stops_on_settings_errors():
+    from reconciler.cli import SETTINGS_ERROR
+
+    d = directives()
+    assert d["ExecStart"] == [f"{INSTALLED} run"]  # a venv under /opt: PEP 668
+    assert d["ExecReload"] == [f"{INSTALLED} reload --pid $MAINPID"]
+    assert d["RestartPreventExitStatus"] == [str(SETTINGS_ERROR)]
     assert any("/etc/slipstream" in p for p in d["ReadOnlyPaths"])
 
 
@@ -91,3 +103,101 @@ def test_the_env_file_documents_every_daemon_variable_with_its_real_default():
             assert float(default) == real, variable
         else:
             assert default == str(real), variable
+
+
+# -- $CREDENTIALS_DIRECTORY: what LoadCredential= hands over -------------------------------
+def test_the_credential_directory_gives_the_secret_or_the_token(ws, make_node, cli, tmp_path):
+    import base64
+
+    secret = bytes(range(16))
+    node = make_node(jwt_secret=secret)
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o700)
+    (creds / "jwt-secret").write_text(base64.b64encode(secret).decode() + "\n")
+    (creds / "jwt-secret").chmod(0o400)
+    env = {"SLIPSTREAM_NODE_URL": node.url, "CREDENTIALS_DIRECTORY": str(creds)}
+    done = cli("status", env=env)
+    assert done.code == 0, done.err
+    assert "readable by group" not in done.err
+    (creds / "jwt-secret").unlink()
+    shutil.copy(node.token_file, creds / "jwt-token")  # the node's token file, handed over
+    done = cli("status", env=env)
+    assert done.code == 0, done.err
+
+
+def test_an_unreadable_credential_is_one_clear_line(ws, node, cli, tmp_path):
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o700)
+    (creds / "jwt-secret").write_text("AAECAwQFBgcICQoLDA0ODw==\n")
+    (creds / "jwt-secret").chmod(0o400)
+    env = {"SLIPSTREAM_NODE_URL": node.url, "CREDENTIALS_DIRECTORY": str(creds)}
+    if os.geteuid() == 0:  # root reads anything: look as the service's user does
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("no setpriv (util-linux) to drop root")
+        import tempfile
+
+        # pytest's own folder is 0700 root: the state and config dirs go where nobody
+        # reaches them, so that the credential is the one thing it cannot read.
+        state = Path(tempfile.mkdtemp(prefix="slipstream-nobody-"))
+        os.chown(state, 65534, 65534)
+        conf = Path(tempfile.mkdtemp(prefix="slipstream-nobody-conf-"))
+        conf.chmod(0o755)
+        done = subprocess.run([setpriv, "--reuid", "65534", "--regid", "65534",
+                               "--clear-groups", str(Path(sys.executable).with_name(
+                                   "slipstream-reconciler")), "status"],
+                              env={**os.environ, **env, "SLIPSTREAM_CONFIG_DIR": str(conf),
+                                   "SLIPSTREAM_STATE_DIR": str(state)},
+                              capture_output=True, text=True, timeout=60)
+        shutil.rmtree(state)
+        shutil.rmtree(conf)
+        code, err = done.returncode, done.stderr
+    else:
+        creds.chmod(0o000)
+        done = cli("status", env=env)
+        code, err = done.code, done.err
+    assert code == 1, err
+    assert err.startswith(f"error: cannot read the systemd credential jwt-secret "
+                          f"{creds / 'jwt-secret'}: permission denied"), err
+    assert "internal error" not in err and "Traceback" not in err
+
+
+def test_apply_as_root_gives_new_state_files_to_the_state_directory_owner(ws, node, cli):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the state directory belongs to another user")
+    ws.config("a.json5", name="a")
+    ws.state.mkdir(mode=0o700)
+    os.chown(ws.state, 61234, 61234)  # the service's DynamicUser
+    (ws.state / "left-by-an-old-version").write_text("{}")  # root-owned: repaired
+    done = cli("apply", node=node)
+    assert done.code == 0, done.err
+    for path in [ws.state, *ws.state.rglob("*")]:
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (61234, 61234), path
+    ws.config("b.json5", name="b")
+    assert cli("apply", node=node).code == 0
+    assert {p.stat().st_uid for p in ws.state.rglob("*")} == {61234}
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_the_guides_token_file_drop_in_verifies(tmp_path):
+    """The operator guide's drop-in for the node's token file, as written, on the unit."""
+    guide = (ROOT / "docs" / "operator-guide.md").read_text()
+    section = guide.split("\n## The systemd service\n", 1)[1]
+    block = re.search(r"```ini\n(.*?)```", section, re.S)
+    assert block and "LoadCredential=jwt-token:" in block.group(1)
+    token = tmp_path / "jwt_secret_aleo1test.txt"
+    token.write_text("token\n")
+    text = re.sub(r"jwt-token:\S+", f"jwt-token:{token}", block.group(1))
+    unit = unit_for_this_machine(tmp_path)
+    dropins = tmp_path / f"{unit.name}.d"
+    dropins.mkdir()
+    (dropins / "override.conf").write_text(text)
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert "slipstream-reconciler" not in done.stderr, done.stderr
+    (dropins / "override.conf").write_text(text.replace("LoadCredential=", "LoadCredentail="))
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                          text=True)
+    assert "LoadCredentail" in done.stderr, "the drop-in was not read: this proves nothing"

@@ -1,0 +1,425 @@
+"""The unit under a real systemd 252, following docs/operator-guide.md as written.
+
+systemd boots as PID 1 of private namespaces (pid, mount, uts, ipc, cgroup; the network
+is the host's, so loopback is shared) on an overlay of `/` whose upper layer is a tmpfs
+under /dev/shm: nothing written inside reaches the host. It must never boot on the host's
+own tree: at boot systemd-tmpfiles empties /tmp (tmp.conf's `D /tmp`), the CI checkout
+included. /run, /tmp and /dev/shm get fresh tmpfs inside, and this checkout is bound
+read-only at its own path (it may live under /tmp).
+
+The guide's shell blocks are extracted and run inside; drop-ins then point ExecStart at
+this checkout's venv, the node URL at a reference node started inside, and shorten the
+timeouts so that what takes minutes in production takes seconds here. LoadCredential=
+cannot hand a credential over in this namespace (the directory is unreadable to the
+service), so a drop-in stands in for it: a root ExecStartPre= copies the secret into a
+directory owned by the service's user, as systemd does, and sets $CREDENTIALS_DIRECTORY.
+
+The tests run in order against one booted machine (about 40 s in all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+GUIDE = ROOT / "docs" / "operator-guide.md"
+SCRIPT = Path(sys.executable).with_name("slipstream-reconciler")
+UNIT = "slipstream-reconciler"
+DROPIN = f"/etc/systemd/system/{UNIT}.service.d"
+STATE = "/var/lib/slipstream-reconciler"
+FIRST_PASS_PLUGINS = 40  # at 10 req/s a first pass of ~4 s, against TimeoutStartSec=2s
+LATE: list[str] = []  # the plugins the watchdog test added
+
+BOOT = r"""
+set -e
+T=$1; CHECKOUT=$2
+mount -t tmpfs -o mode=0755 tmpfs "$T"
+mkdir -p "$T/up" "$T/work" "$T/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$T/up,workdir=$T/work" "$T/root"
+mount -t proc proc "$T/root/proc"
+mount --rbind /sys "$T/root/sys"
+mount --rbind /dev "$T/root/dev"
+mount -t tmpfs tmpfs "$T/root/dev/shm"
+mount -t tmpfs tmpfs "$T/root/run"
+mount -t tmpfs tmpfs "$T/root/tmp"
+mkdir -p "$T/root$CHECKOUT"
+mount --bind "$CHECKOUT" "$T/root$CHECKOUT"
+mount -o remount,bind,ro "$T/root$CHECKOUT"
+mkdir -p "$T/root/oldroot"
+cd "$T/root"
+pivot_root . oldroot
+umount -l /oldroot
+exec /lib/systemd/systemd --system
+"""
+
+
+def guide_block(heading: str) -> list[str]:
+    """The first ```sh block under a heading of the operator guide, as command lines."""
+    text = GUIDE.read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, f"no sh block under '{heading}' in {GUIDE}"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+class Machine:
+    """A booted systemd in namespaces; run() executes a shell command inside."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.top = Path(tempfile.mkdtemp(prefix="slipstream-systemd-", dir="/dev/shm"))
+        script = tmp / "boot.sh"
+        script.write_text(BOOT)
+        self.process = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "--cgroup",
+             "--propagation", "private", "sh", str(script), str(self.top), str(ROOT)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.pid = self._find_pid1()
+
+    def _find_pid1(self) -> int:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                out = self.process.stdout.read().decode(errors="replace")
+                raise RuntimeError(f"the namespace could not be made: {out.strip()}")
+            for child in _children(self.process.pid):
+                with open(f"/proc/{child}/comm") as comm:
+                    if comm.read().strip() == "systemd":
+                        return child
+            time.sleep(0.05)
+        raise RuntimeError("systemd did not start in the namespace within 10 s")
+
+    def run(self, command: str, check: bool = True, timeout: float = 60,
+            cwd: str = "/") -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPSTREAM_")}
+        done = subprocess.run(["nsenter", "-t", str(self.pid), "-a", "sh", "-c",
+                               f"cd {cwd} && {command}"], capture_output=True, text=True,
+                              timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+        if check:
+            assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+        return done
+
+    def show(self, prop: str) -> str:
+        return self.run(f"systemctl show -P {prop} {UNIT}").stdout.strip()
+
+    def write(self, path: str, text: str, mode: str = "0644") -> None:
+        """A file inside, through a pipe: nothing crosses to the host's tree."""
+        done = subprocess.run(["nsenter", "-t", str(self.pid), "-a", "sh", "-c",
+                               f"mkdir -p $(dirname {path}) && cat > {path} && "
+                               f"chmod {mode} {path}"], input=text, text=True,
+                              capture_output=True)
+        assert done.returncode == 0, done.stderr
+
+    def record(self) -> dict:
+        return json.loads(self.run(f"cat {STATE}/daemon.json").stdout)
+
+    def wait_running(self) -> str:
+        deadline, state = time.monotonic() + 30, ""
+        while time.monotonic() < deadline:
+            state = self.run("systemctl is-system-running", check=False).stdout.strip()
+            if state in ("running", "degraded"):
+                return state
+            time.sleep(0.2)
+        return state
+
+    def poweroff(self) -> None:
+        self.run("systemctl poweroff", check=False, timeout=10)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+        with_content = list(self.top.iterdir()) if self.top.exists() else []
+        assert not with_content, f"the namespace's tmpfs leaked onto the host: {with_content}"
+        self.top.rmdir()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "booting systemd in namespaces needs root"
+    for tool in ("unshare", "nsenter", "pivot_root"):
+        if shutil.which(tool) is None:
+            return f"no {tool} (util-linux)"
+    if not Path("/lib/systemd/systemd").exists():
+        return "no /lib/systemd/systemd (apt-get install systemd)"
+    if not SCRIPT.exists():
+        return f"no installed console script at {SCRIPT}"
+    if not Path("/dev/shm").is_dir():
+        return "no /dev/shm for the overlay's upper layer"
+    return None
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory):
+    reason = _why_not()
+    if reason:
+        pytest.skip(reason)
+    try:
+        m = Machine(tmp_path_factory.mktemp("systemd"))
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        state = m.wait_running()
+        if state not in ("running", "degraded"):
+            pytest.skip(f"systemd in the namespace did not come up (is-system-running: "
+                        f"{state!r})")
+        yield m
+    finally:
+        m.poweroff()
+
+
+@pytest.fixture(scope="module")
+def deployed(machine):
+    """The guide followed to the letter, with drop-ins for this checkout and this test."""
+    m = machine
+    port = _free_port()
+    m.run("install -d -m 0755 /opt/plugin-libs /root/guide")
+    m.run("printf 'ELF placeholder' > /opt/plugin-libs/libpostgres.so && "
+          "chmod 0644 /opt/plugin-libs/libpostgres.so")
+    m.write("/root/guide/postgres.json5", '{libpath: "/opt/plugin-libs/libpostgres.so", '
+                                          'name: "postgres", password: "hunter2"}')
+    for line in guide_block("The config directory"):
+        m.run(line, cwd="/root/guide")
+    # More plugins, for a first pass longer than the start timeout below.
+    m.run(f"for i in $(seq -w 1 {FIRST_PASS_PLUGINS - 1}); do "
+          "printf 'ELF placeholder' > /opt/plugin-libs/libp$i.so; "
+          "printf '{libpath: \"/opt/plugin-libs/libp%s.so\", name: \"p%s\"}' $i $i "
+          "> /etc/slipstream/plugins.d/p$i.json5; done; "
+          "chmod 0644 /opt/plugin-libs/* /etc/slipstream/plugins.d/*")
+    systemctl = [line for line in guide_block("The systemd service")
+                 if line.startswith("systemctl")]
+    for line in guide_block("The systemd service"):
+        if not line.startswith("systemctl"):
+            m.run(line, cwd=str(ROOT))
+    secret = m.run("cat /etc/slipstream/jwt-secret").stdout.strip()
+    assert m.run("stat -c %a /etc/slipstream/jwt-secret").stdout.strip() == "600"
+    # The reference node, inside (it reads the configs at the paths the service sees).
+    m.write("/opt/refnode/boot.json5", '{libpath: "libstartup.so"}')
+    m.run("printf startup > /opt/refnode/libstartup.so")
+    m.run(f"systemd-run --unit=refnode --property=Restart=no {SCRIPT} node "
+          f"--rest 127.0.0.1:{port} --jwt-secret {secret} --rest-rps 10 "
+          "--slipstream-config /opt/refnode/boot.json5 --data-dir /var/lib/refnode")
+    url = f"http://127.0.0.1:{port}"
+    _wait(lambda: _answers(url), 15, "the reference node")
+    # This checkout instead of /opt's venv; the node; short timeouts; the credential.
+    # A checkout or a Python (pyenv) under a home directory: ProtectHome= hides it, so
+    # show the service just those, read-only. /opt needs none of this.
+    hidden = [p for p in {str(ROOT), os.path.realpath(sys.base_prefix)}
+              if p.startswith(("/home/", "/root/", "/run/user/"))]
+    home = ["ProtectHome=tmpfs", *(f"BindReadOnlyPaths={p}" for p in sorted(hidden))] \
+        if hidden else []
+    m.write(f"{DROPIN}/10-this-checkout.conf", "\n".join([
+        "[Service]", "ExecStart=", f"ExecStart={SCRIPT} run",
+        "ExecReload=", f"ExecReload={SCRIPT} reload --pid $MAINPID", *home]) + "\n")
+    m.write(f"{DROPIN}/20-test-timings.conf", "\n".join([
+        "[Service]", "TimeoutStartSec=2s", "WatchdogSec=3s", "RestartSec=1s",
+        f"Environment=SLIPSTREAM_NODE_URL={url}", "Environment=SLIPSTREAM_MAX_RPS=10",
+        "Environment=SLIPSTREAM_TIMEOUT=2", "Environment=SLIPSTREAM_PROBE_INTERVAL=0.5",
+        "Environment=SLIPSTREAM_METRICS_ADDRESS=off"]) + "\n")
+    m.write(f"{DROPIN}/30-credential.conf", "\n".join([
+        "[Service]", "LoadCredential=", "RuntimeDirectory=slipstream-credentials",
+        "RuntimeDirectoryMode=0700",
+        "ExecStartPre=+/bin/sh -c 'install -m 0400 -o $(stat -c %%u "
+        "/run/slipstream-credentials) /etc/slipstream/jwt-secret "
+        "/run/slipstream-credentials/jwt-secret'",
+        "Environment=CREDENTIALS_DIRECTORY=/run/slipstream-credentials"]) + "\n")
+    started = time.monotonic()
+    for line in systemctl:
+        done = m.run(line, check=False, timeout=90)
+        assert done.returncode == 0, "\n".join([line, done.stderr, *_journal(m)[-20:]])
+    return {"url": url, "secret": secret, "start_seconds": time.monotonic() - started}
+
+
+def synced(plugins: int) -> str:
+    """The status line: our plugins, and the node's start-up plugin left alone."""
+    return f"in sync: {plugins} plugins, 1 unmanaged"
+
+
+def _answers(url: str) -> bool:
+    try:
+        requests.get(url + "/v2/mainnet/slipstream/plugins", timeout=1)
+    except requests.RequestException:
+        return False
+    return True
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _journal(m: Machine) -> list[str]:
+    return m.run(f"journalctl -q -u {UNIT} -o cat --no-pager").stdout.splitlines()
+
+
+def test_the_guide_reaches_in_sync_under_dynamic_user_past_the_start_timeout(machine,
+                                                                              deployed):
+    m = machine
+    assert m.show("ActiveState") == "active", m.run(f"systemctl status {UNIT}",
+                                                    check=False).stdout
+    # The first pass outlasted TimeoutStartSec=2s: READY=1 came after it, and the start
+    # timeout was extended meanwhile instead of killing it.
+    assert deployed["start_seconds"] > 2.5, deployed
+    assert m.show("NRestarts") == "0"
+    assert m.show("StatusText") == synced(FIRST_PASS_PLUGINS)
+    pid = m.show("MainPID")
+    uid = m.run(f"stat -c %u /proc/{pid}").stdout.strip()
+    assert uid != "0", "the daemon must run as its dynamic user"
+    owners = set(m.run(f"stat -L -c %u {STATE}/ {STATE}/*").stdout.split())
+    assert owners == {uid}, owners
+    assert m.record()["summary"] == synced(FIRST_PASS_PLUGINS)
+
+
+def test_systemctl_reload_returns_after_the_new_pass(machine, deployed):
+    m = machine
+    before = m.record()
+    asked = time.time()
+    m.run(f"systemctl reload {UNIT}", timeout=30)
+    after = m.record()  # read right after reload returned: the pass is already recorded
+    assert after["passes"] > before["passes"]
+    assert after["last_pass"]["started_at"] >= asked
+    assert "sighup" in after["last_pass"]["reasons"]
+    assert m.show("ActiveState") == "active"
+
+
+def test_the_cli_as_root_beside_the_service_never_breaks_it(machine, deployed):
+    m = machine
+    m.run("printf 'ELF placeholder' > /opt/plugin-libs/libroot.so && "
+          "chmod 0644 /opt/plugin-libs/libroot.so")
+    m.write("/etc/slipstream/plugins.d/by-root.json5",
+            '{libpath: "/opt/plugin-libs/libroot.so", name: "by-root"}')
+    env = f"SLIPSTREAM_NODE_URL={deployed['url']} SLIPSTREAM_MAX_RPS=10"
+    # The guide's lines for root beside the service, with this test's node URL.
+    root_lines = guide_block("The systemd service")
+    lines = [line for line in GUIDE.read_text().split("Running the command line as root")[1]
+             .split("```sh\n", 1)[1].split("```", 1)[0].splitlines() if line.strip()]
+    assert root_lines and lines[-1].startswith("slipstream-reconciler apply")
+    apply = lines[-1].replace("slipstream-reconciler", str(SCRIPT), 1)
+    done = m.run(f"{lines[0]}; export {env}; {apply}", check=False, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    uid = m.run(f"stat -c %u /proc/{m.show('MainPID')}").stdout.strip()
+    listing = m.run(f"find {STATE}/ -printf '%U %m %p\\n'").stdout
+    owners = {line.split()[0] for line in listing.splitlines()}
+    assert owners == {uid}, listing  # nothing root-owned is left behind
+    # The service's next passes read and write those files as before.
+    m.run("rm /etc/slipstream/plugins.d/by-root.json5")
+    m.run(f"systemctl reload {UNIT}", timeout=30)
+    record = m.record()
+    assert record["last_pass"]["result"] in ("ok", "changed"), record["last_pass"]
+    assert record["summary"] == synced(FIRST_PASS_PLUGINS)
+    journal = "\n".join(_journal(m))
+    assert "Permission denied" not in journal and "permission denied" not in journal
+
+
+def test_the_watchdog_is_pinged_through_long_429_waits(machine, deployed):
+    """Another client on the same IP eats the node's budget: the daemon's load meets 429
+    after 429 for longer than its loop heartbeat allows (10 s), with WatchdogSec=3s."""
+    m = machine
+    pid, restarts = m.show("MainPID"), m.show("NRestarts")
+    assert m.show("WatchdogUSec") == "3s"
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                with contextlib.suppress(requests.RequestException):
+                    session.get(deployed["url"] + "/v2/mainnet/slipstream/plugins",
+                                timeout=1)
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    starved = None
+    try:
+        time.sleep(1)
+        # Now and then the daemon's retry lands on a free slot before the other client
+        # takes it: then this try proves nothing, and another plugin is tried.
+        for attempt in range(3):
+            name = f"late{attempt}"
+            m.run(f"printf 'ELF placeholder' > /opt/plugin-libs/lib{name}.so && "
+                  f"chmod 0644 /opt/plugin-libs/lib{name}.so")
+            m.write(f"/etc/slipstream/plugins.d/{name}.json5",
+                    f'{{libpath: "/opt/plugin-libs/lib{name}.so", name: "{name}"}}')
+            time.sleep(13)
+            if not any(f"load {name} " in line for line in _journal(m)):
+                starved = name
+                break
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+    assert starved, "the other client never kept the node busy for 13 s: this proves nothing"
+    LATE.extend(f"late{i}" for i in range(attempt + 1))
+    _wait(lambda: m.record()["summary"] == synced(FIRST_PASS_PLUGINS + len(LATE)), 30,
+          f"{starved} to be loaded once the other client stops")
+    assert (m.show("MainPID"), m.show("NRestarts")) == (pid, restarts)
+    assert not any("atchdog" in line for line in _journal(m))
+
+
+def test_a_settings_error_stops_the_restart_loop(machine, deployed):
+    """An unreadable credential: one clear line, exit 78, no restart every RestartSec=."""
+    m = machine
+    m.run("install -d -m 0700 /etc/slipstream/private && "
+          "cp /etc/slipstream/jwt-secret /etc/slipstream/private/")
+    m.write(f"{DROPIN}/40-unreadable.conf",
+            "[Service]\nEnvironment=CREDENTIALS_DIRECTORY=/etc/slipstream/private\n")
+    m.run("systemctl daemon-reload")
+    m.run(f"systemctl restart {UNIT}", check=False, timeout=30)
+    _wait(lambda: m.show("ActiveState") == "failed", 15, "the service to fail")
+    time.sleep(2.5)  # RestartSec=1s: a restart loop would have restarted it by now
+    assert m.show("ActiveState") == "failed"
+    assert m.show("NRestarts") == "0"
+    assert m.show("ExecMainStatus") == "78"
+    journal = _journal(m)
+    assert any("error: cannot read the systemd credential jwt-secret "
+               "/etc/slipstream/private/jwt-secret: permission denied" in line
+               for line in journal), journal[-5:]
+    assert not any("internal error" in line or "Traceback" in line for line in journal)
+    m.run(f"rm {DROPIN}/40-unreadable.conf && systemctl daemon-reload && "
+          f"systemctl restart {UNIT}", timeout=60)
+    assert m.show("ActiveState") == "active"
+
+
+def test_the_journal_has_one_line_per_action_and_no_secret(machine, deployed):
+    m = machine
+    journal = _journal(m)
+    text = "\n".join(journal)
+    for name in ["postgres", *(f"p{i:02d}" for i in range(1, FIRST_PASS_PLUGINS)), *LATE]:
+        lines = [line for line in journal if re.match(rf"(INFO )?load {name} \(", line)]
+        assert len(lines) == 1, (name, lines)
+    assert deployed["secret"] not in text
+    assert "hunter2" not in text  # plugin config fields are the plugin's alone
+    assert "eyJ" not in text and "Bearer" not in text  # no token (a JWT starts eyJ)
