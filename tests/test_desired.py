@@ -167,7 +167,7 @@ def test_plain_json_and_json5_give_the_same_plugin(ws):
 
 
 def test_the_parse_cache_is_shared_across_runs_and_holds_no_plugin_values(ws, monkeypatch):
-    import json5
+    from reconciler import configparse
 
     ws.state.mkdir()
     cache = ws.state / "cache.json"
@@ -177,7 +177,7 @@ def test_the_parse_cache_is_shared_across_runs_and_holds_no_plugin_values(ws, mo
     assert cache.exists() and "hunter2" not in cache.read_text()
     assert cache.stat().st_mode & 0o077 == 0
     calls = []
-    monkeypatch.setattr(json5, "loads", lambda *a, **k: calls.append(a) or {})
+    monkeypatch.setattr(configparse, "parse", lambda *a, **k: calls.append(a) or {})
     second = DirectoryReader(cache_path=cache).read(ws.conf)
     assert calls == [] and second == first  # nothing parsed again, the same result
     monkeypatch.undo()
