@@ -51,8 +51,6 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-import pyjson5
-
 MAX_DEPTH = 64  # a plugin config nests 2 or 3 levels; the node crashes near 2,000
 
 _LT = "\n\r\u2028\u2029"  # the node's line terminators (json5.pest `line_terminator`)
@@ -128,6 +126,8 @@ def parse(raw: bytes) -> object:
                                 column) from None
     if not text.strip():
         raise ConfigSyntaxError("the file is empty (a save in progress?)")
+    import pyjson5  # here, not above: a plan whose configs are all cached never parses
+
     refusal = None if _FAST.fullmatch(text) else _scan(text)
     try:
         value = pyjson5.decode(text, maxdepth=MAX_DEPTH)
