@@ -14,7 +14,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import stat
 import unicodedata
 from collections import Counter
@@ -22,14 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler import configparse, nodepath
 from reconciler.errors import ConfigDirError
-from reconciler.json5fast import translate
 
 MAX_CONFIG_BYTES = 1 << 20
 # The library hash of a plan made without the libraries (CI): never equal to a real one.
 UNCHECKED = "unchecked"
 CONFIG_SUFFIXES = (".json5", ".json")
-_JSON5_ERROR = re.compile(r"^<string>:(\d+) (.*) at column (\d+)$")
+# Names the parse that made the cached config summaries; a new parse invalidates them.
+PARSE_VERSION = "configparse-1"
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class DesiredPlugin:
     libpath: str  # resolved against the config file's folder
     config_sha256: str
     library_sha256: str
+    # The node's duplicate rule compares this: the `Path` components of libpath joined onto
+    # the config's folder as the node sees it (nodepath). () where unknown: from libpath.
+    library_key: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -132,8 +135,8 @@ class _Invalid(Exception):
 class DirectoryReader:
     """Reads a config directory into a Desired value.
 
-    Parsing JSON5 in pure Python costs about a millisecond per file, and hashing a large
-    library far more, so both are cached: what validation needs from a config (its type,
+    Parsing costs microseconds per file (configparse), and hashing a large library far
+    more, so both are cached: what validation needs from a config (its type,
     `libpath`, `name`; never plugin-specific values) by the sha256 of its bytes, which are
     read and hashed on every pass and so can never be stale; and library hashes by the
     library's stat identity. The daemon keeps one reader; with `cache_path` (in the state
@@ -141,8 +144,12 @@ class DirectoryReader:
     """
 
     def __init__(self, trust: Trust | None = None, cache_path: Path | None = None,
-                 check_libraries: bool = True) -> None:
+                 check_libraries: bool = True,
+                 node_path: Callable[[str], str] | None = None) -> None:
         self.trust = trust or Trust()
+        # Where the node sees a config file (Settings.node_path): its duplicate-library
+        # rule joins libpath onto that folder, which matters for absolute libpaths.
+        self.node_path = node_path or (lambda path: path)
         self.check_libraries = check_libraries  # False: CI, where the .so files are absent
         self.cache_path = cache_path
         self._summaries: dict[str, dict] = {}  # config sha256 -> what validation needs
@@ -157,17 +164,20 @@ class DirectoryReader:
             return
         try:
             data = json.loads(self.cache_path.read_text(encoding="utf-8"))
-            self._summaries = dict(data["configs"])
+            # Summaries made by another parse are not what this one reads (the old parse
+            # read `// x\r libpath: ...` differently): dropped, the libraries kept.
+            if data.get("parse") == PARSE_VERSION:
+                self._summaries = dict(data["configs"])
             self._libraries = {path: (tuple(v[:5]), v[5]) for path, v in
                                data["libraries"].items()}
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
             self._summaries, self._libraries = {}, {}  # a cache: rebuilt, never trusted
 
     def _save_cache(self, used: set[str]) -> None:
         self._summaries = {k: v for k, v in self._summaries.items() if k in used}
         if self.cache_path is None or not self._dirty or not self.cache_path.parent.is_dir():
             return
-        data = {"configs": self._summaries,
+        data = {"parse": PARSE_VERSION, "configs": self._summaries,
                 "libraries": {p: [*key, sha] for p, (key, sha) in self._libraries.items()}}
         tmp = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}.tmp")
         try:
@@ -304,7 +314,8 @@ class DirectoryReader:
         libpath, name = checked
         resolved = os.path.normpath(os.path.join(os.path.dirname(path), libpath))
         library = self.library_sha256(resolved, libpath) if self.check_libraries else UNCHECKED
-        return DesiredPlugin(path, name, resolved, digest, library)
+        key = nodepath.components(nodepath.join(self.node_path(path), libpath))
+        return DesiredPlugin(path, name, resolved, digest, library, key)
 
     def libraries_changed(self) -> bool:
         """Whether any library hashed by the last read has changed on disk since: one
@@ -397,38 +408,11 @@ def _read_config_bytes(path: str) -> bytes:
 
 
 def _parse(raw: bytes) -> object:
-    """Plain JSON and common JSON5 take the C parser; anything else goes to json5, the
-    reference (and the only source of error messages)."""
+    """The value the node reads from these bytes (configparse), or _Invalid."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise _Invalid(f"not UTF-8 (byte 0x{raw[exc.start]:02x})", line, column) from None
-    if not text.strip():
-        raise _Invalid("the file is empty (a save in progress?)")
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        pass
-    translated = translate(text)  # the JSON5 people write, rewritten for the C parser
-    if translated is not None:
-        try:
-            return json.loads(translated)
-        except (ValueError, RecursionError):
-            pass  # json5 says what is wrong, with line and column
-    import json5  # the reference parser, for what the fast paths leave
-
-    try:
-        return json5.loads(text)
-    except RecursionError:
-        raise _Invalid("nested too deeply to be a plugin config") from None
-    except ValueError as exc:
-        match = _JSON5_ERROR.match(str(exc))
-        if match:
-            raise _Invalid(f"invalid JSON5: {match.group(2)}", int(match.group(1)),
-                           int(match.group(3))) from None
-        raise _Invalid(f"invalid JSON5: {exc}") from None
+        return configparse.parse(raw)
+    except configparse.ConfigSyntaxError as exc:
+        raise _Invalid(exc.message, exc.line, exc.column) from None
 
 
 def _hash_file(path: str) -> str:
@@ -453,16 +437,20 @@ def _without_duplicates(
     plugins: list[DesiredPlugin],
 ) -> tuple[list[DesiredPlugin], list[Problem]]:
     """Two files that claim one name or one library can't both be loaded; which one the
-    operator meant is not ours to guess, so both are invalid."""
+    operator meant is not ours to guess, so both are invalid. "One library" is the node's
+    rule, no more and no fewer: the joined paths' components are equal (`dir/./x.so` is
+    `dir/x.so`; `dir/../dir/x.so` is not, though it is the same file: the node loads it)."""
     names = Counter(p.name for p in plugins if p.name is not None)
-    libraries = Counter(p.libpath for p in plugins)
+    keys = {id(p): p.library_key or nodepath.components(p.libpath) for p in plugins}
+    libraries = Counter(keys.values())
     keep: list[DesiredPlugin] = []
     problems: list[Problem] = []
     for plugin in plugins:
-        if names[plugin.name] > 1 or libraries[plugin.libpath] > 1:
+        key = keys[id(plugin)]
+        if names[plugin.name] > 1 or libraries[key] > 1:
             others = [o.config_file for o in plugins if o is not plugin and (
                 (plugin.name is not None and o.name == plugin.name)
-                or o.libpath == plugin.libpath)]
+                or keys[id(o)] == key)]
             what = (f"name {plugin.name!r}" if names[plugin.name] > 1
                     else f"library {plugin.libpath}")
             problems.append(Problem(plugin.config_file, f"{what} is also claimed by "

@@ -111,6 +111,76 @@ def test_two_files_on_one_library_are_both_invalid(ws):
     assert len(read(ws).invalid) == 2
 
 
+def _pair(ws, first: str, second: str, reader: DirectoryReader | None = None):
+    ws.library("shared")
+    ws.config("a.json5", raw=f'{{libpath: "{first}", name: "a"}}')
+    ws.config("b.json5", raw=f'{{libpath: "{second}", name: "b"}}')
+    return (reader or DirectoryReader()).read(ws.conf)
+
+
+@pytest.mark.parametrize("second", [
+    "../libs/./libshared.so", "./../libs/libshared.so", "../libs//libshared.so",
+    "..//libs/././libshared.so",
+])
+def test_one_library_as_the_node_compares_paths_flags_both(ws, second):
+    """The node joins libpath onto the config's folder and compares Path components:
+    `.` and repeated separators vanish, so it would refuse the second file."""
+    desired = _pair(ws, "../libs/libshared.so", second)
+    assert desired.plugins == ()
+    assert {p.file for p in desired.invalid} == {str(ws.conf / "a.json5"),
+                                                 str(ws.conf / "b.json5")}
+    assert all("library" in p.message and "also claimed by" in p.message
+               for p in desired.invalid)
+
+
+@pytest.mark.parametrize("second", [
+    "../libs/../libs/libshared.so", "../plugins.d/../libs/libshared.so", "LIBS_ABSOLUTE",
+])
+def test_the_same_file_by_a_path_the_node_compares_unequal_is_not_flagged(ws, second):
+    """`..` is kept, and an absolute path is not the relative one: the node loads both,
+    so flagging them would refuse what the node accepts."""
+    second = second.replace("LIBS_ABSOLUTE", str(ws.libs / "libshared.so"))
+    desired = _pair(ws, "../libs/libshared.so", second)
+    assert desired.invalid == ()
+    assert sorted(p.name for p in desired.plugins) == ["a", "b"]
+    assert len({p.library_sha256 for p in desired.plugins}) == 1  # one file, hashed once
+
+
+def test_duplicate_libraries_are_judged_where_the_node_sees_the_configs(ws):
+    """In a container the node reads the configs under another folder: a relative
+    libpath joins onto *that* folder, which an absolute libpath may then equal."""
+    def seen_by_node(path: str) -> str:
+        return "/node/plugins.d/" + os.path.basename(path)
+
+    host = _pair(ws, "libshared.so", "/node/plugins.d/libshared.so",
+                 DirectoryReader(check_libraries=False))
+    assert host.invalid == ()
+    os.remove(ws.conf / "a.json5")
+    os.remove(ws.conf / "b.json5")
+    node = _pair(ws, "libshared.so", "/node/plugins.d/libshared.so",
+                 DirectoryReader(check_libraries=False, node_path=seen_by_node))
+    assert len(node.invalid) == 2 and node.plugins == ()
+
+
+def test_a_cache_from_another_parse_is_not_reused(ws):
+    """Summaries made by the old parse may read a file differently (`// x\\r`)."""
+    import json
+
+    ws.state.mkdir()
+    cache = ws.state / "cache.json"
+    ws.library("a")
+    ws.library("b")
+    ws.config("x.json5", raw='{libpath: "../libs/liba.so", // old\r libpath: "../libs/libb.so"}')
+    DirectoryReader(cache_path=cache).read(ws.conf)
+    data = json.loads(cache.read_text())
+    (summary,) = data["configs"].values()
+    summary["fields"]["libpath"] = "../libs/liba.so"  # what the old parse read
+    del data["parse"]
+    cache.write_text(json.dumps(data))
+    (plugin,) = DirectoryReader(cache_path=cache).read(ws.conf).plugins
+    assert plugin.libpath == str(ws.libs / "libb.so")
+
+
 def test_symlinks_are_followed_like_a_configmap_volume(ws):
     data = ws.conf / "..2026_11_25_01_00_00.1"
     data.mkdir()
@@ -167,7 +237,7 @@ def test_plain_json_and_json5_give_the_same_plugin(ws):
 
 
 def test_the_parse_cache_is_shared_across_runs_and_holds_no_plugin_values(ws, monkeypatch):
-    import json5
+    from reconciler import configparse
 
     ws.state.mkdir()
     cache = ws.state / "cache.json"
@@ -177,7 +247,7 @@ def test_the_parse_cache_is_shared_across_runs_and_holds_no_plugin_values(ws, mo
     assert cache.exists() and "hunter2" not in cache.read_text()
     assert cache.stat().st_mode & 0o077 == 0
     calls = []
-    monkeypatch.setattr(json5, "loads", lambda *a, **k: calls.append(a) or {})
+    monkeypatch.setattr(configparse, "parse", lambda *a, **k: calls.append(a) or {})
     second = DirectoryReader(cache_path=cache).read(ws.conf)
     assert calls == [] and second == first  # nothing parsed again, the same result
     monkeypatch.undo()

@@ -1,0 +1,333 @@
+"""Config bytes parsed the way the node parses them.
+
+The node reads each plugin config with the Rust `json5` crate 0.4 (a pest grammar,
+`src/json5.pest`, and `src/de.rs`) into a `serde_json::Value`, then takes `libpath` and
+`name` from it. If we accepted a file the node refuses, or read another value from it, we
+would plan one plugin and the node would load another (or none). So `parse` accepts
+exactly what that parser accepts, and returns what it returns, or raises ConfigSyntaxError
+naming the node's rule with a line and column.
+
+How: pyjson5 (compiled, complete JSON5) builds the value, under a nesting cap; a regular
+expression checks in one pass that every token is one the node reads the same way, and
+only when it does not (hex numbers, 19-digit integers, big exponents, surrogate escapes,
+non-ASCII keys, raw U+2028 in strings...) a token-by-token scan finds and names the
+node's rule. The node's rules on top of JSON5, each from json5 0.4:
+
+- a `//` comment ends at `\\n`, `\\r`, U+2028 or U+2029 (pyjson5 agrees);
+- numbers (`de.rs`): a number without `.`, `e` or `E` is an integer read by
+  `str::parse::<i64>` — outside -2^63..2^63-1 it is refused (serde_json's u64 is never
+  reached); hex goes through `u32::from_str_radix` — above 0xFFFFFFFF refused, and a
+  signed hex (`-0x10`, `+0x10`) is neither hex nor decimal to it, refused; `+Infinity`
+  and `+NaN` are not its spellings of infinity, refused; a float that parses to infinity
+  (`1e400`) is refused as "too large"; `Infinity`, `-Infinity`, `NaN`, `-NaN` become
+  null, as serde_json stores a non-finite f64;
+- strings: a raw line terminator, U+2028 and U+2029 included, is refused inside a string
+  (`char_literal`); `\\0` may be followed by a digit (`nul_escape_sequence`, unlike the
+  spec); `\\uD800`-`\\uDBFF` must be followed by a `\\uDC00`-`\\uDFFF` escape and the pair
+  is one character; any other surrogate escape is refused;
+- unquoted keys: the node's identifier parts are letters, `$`, `_`, `\\uXXXX`,
+  non-spacing marks (Mn), decimal digits, connector punctuation, ZWNJ, ZWJ and the
+  Unicode *Diacritic* property — not the spacing marks (Mc) the spec allows;
+- nesting: the node has no limit and overflows its 2 MiB worker stack near 2,000 nested
+  objects, so we refuse anything past MAX_DEPTH levels (pyjson5's own cap, checked while
+  it reads, so no deep text reaches a recursive parser).
+
+Where we are stricter than the node (it would accept, we refuse with a message; never
+the other way round):
+- a key with a *Diacritic* character that is not a JSON5 identifier character (`a^b`),
+  or with a spacing mark (Mc) that is also Diacritic: Python has no Diacritic table;
+- `\\uD83D` and `\\uDE00` separated by a line continuation (the node joins them);
+- nesting deeper than MAX_DEPTH.
+Error positions from pyjson5 are its "near" offsets: right to the character for most
+errors, a token early or late for a few.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+
+MAX_DEPTH = 64  # a plugin config nests 2 or 3 levels; the node crashes near 2,000
+
+_LT = "\n\r\u2028\u2029"  # the node's line terminators (json5.pest `line_terminator`)
+# json5.pest WHITESPACE: TAB VT FF SP NBSP BOM, SPACE_SEPARATOR (Zs), line terminators.
+_WS = ("\t\v\f \u00a0\ufeff\u1680\u2000-\u200a\u202f\u205f\u3000" + _LT)
+_HEX = "[0-9a-fA-F]"
+
+# Every token of the JSON5 people write, in the forms where pyjson5 and the node read the
+# same thing: integers of at most 18 digits, hex of at most 8 digits, exponents of at most
+# 2 digits, no signed hex or Infinity/NaN with '+', ASCII keys, no surrogate escapes, no
+# raw U+2028/U+2029 in strings, and a number or word always ended by what may follow it
+# (pyjson5 reads `1_0` as 10). Atomic groups and possessive loops: linear, never
+# backtracking.
+_FOLLOW = rf"(?=[{_WS},:\]}}/]|\Z)"
+
+
+def _fast_string(quote: str) -> str:
+    return (rf"{quote}(?>[^{quote}\\{_LT}]++|\\(?>x{_HEX}{{2}}|u(?![dD][89a-fA-F]){_HEX}{{4}}"
+            rf"|\r\n|[^1-9xu]))*+{quote}")
+
+
+_FAST = re.compile(
+    "(?:"
+    rf"[{_WS}]++"
+    rf"|//[^{_LT}]*+"
+    r"|(?>/\*(?s:.)*?\*/)"
+    rf"|{_fast_string(chr(34))}|{_fast_string(chr(39))}"
+    rf"|(?>0[xX]0*+{_HEX}{{1,8}}|-Infinity|-NaN"
+    rf"|[+-]?(?:(?:0|[1-9][0-9]{{0,17}})(?:\.[0-9]*+)?|\.[0-9]++)(?:[eE][+-]?[0-9]{{1,2}})?)"
+    rf"{_FOLLOW}"
+    rf"|[A-Za-z$_][A-Za-z0-9$_]*+{_FOLLOW}"
+    r"|[{}\[\]:,]"
+    ")*+")
+
+# The node's lexical grammar, token by token, for the scan that names a rule.
+_SKIP = re.compile(rf"(?:[{_WS}]++|//[^{_LT}]*+|(?>/\*(?s:.)*?\*/))++")
+_STRING_BODY = {
+    q: re.compile(rf"(?>[^{q}\\{_LT}]++|\\(?>\r\n|x{_HEX}{{2}}|u{_HEX}{{4}}|[^1-9xu]))*+")
+    for q in "\"'"}
+_NUMBER = re.compile(
+    rf"([+-]?)(?:(0[xX]{_HEX}+)|((?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?"
+    rf"|\.[0-9]+(?:[eE][+-]?[0-9]+)?)|(?<=[+-])(Infinity|NaN))")
+_WORD = re.compile(rf"(?:\\u{_HEX}{{4}}|[^{_WS}{{}}\[\]:,/\"'\\+\-.])++")
+_ENDS_WORD = re.compile(rf"[{_WS},:\]}}/{{\[\"']|\Z")
+_COMPONENT = re.compile(rf"\\(?:\r\n|[{_LT}])|\\u({_HEX}{{4}})|\\x{_HEX}{{2}}|\\.|.", re.S)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_NEAR = re.compile(r" near (\d+)")
+_I64 = (-(1 << 63), (1 << 63) - 1)
+_ID_START = frozenset(("Lu", "Ll", "Lt", "Lm", "Lo", "Nl"))
+_ID_PART = _ID_START | {"Mn", "Nd", "Pc"}
+
+
+class ConfigSyntaxError(ValueError):
+    """A config the node would refuse to read (or that is not text at all). `line` and
+    `column` (1-based, columns in characters) say where, when there is a where."""
+
+    def __init__(self, message: str, line: int | None = None,
+                 column: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.column = column
+
+
+def parse(raw: bytes) -> object:
+    """The value the node reads from these bytes, or ConfigSyntaxError."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigSyntaxError(f"not UTF-8 (byte 0x{raw[exc.start]:02x})", line,
+                                column) from None
+    if not text.strip():
+        raise ConfigSyntaxError("the file is empty (a save in progress?)")
+    import pyjson5  # here, not above: a plan whose configs are all cached never parses
+
+    refusal = None if _FAST.fullmatch(text) else _scan(text)
+    try:
+        value = pyjson5.decode(text, maxdepth=MAX_DEPTH)
+    except pyjson5.Json5DecoderException as exc:
+        offset = _offset(exc)
+        if isinstance(exc, pyjson5.Json5ExtraData) and len(exc.args) > 2 \
+                and isinstance(exc.args[2], str):
+            offset = max(text.find(exc.args[2], offset), offset)  # "near" is the value's end
+        if refusal is not None and refusal.named and refusal.offset <= _line_end(text, offset):
+            raise _at(text, refusal.message, refusal.offset) from None
+        if isinstance(exc, pyjson5.Json5NestingTooDeep):
+            raise _at(text, f"nested too deeply: a plugin config may nest at most "
+                            f"{MAX_DEPTH} levels (the node crashes near 2,000)", offset) from None
+        raise _at(text, f"invalid JSON5: {_humane(exc)}", offset) from None
+    if refusal is not None:
+        raise _at(text, refusal.message, refusal.offset)
+    if "Infinity" in text or "NaN" in text:
+        value = _non_finite_to_null(value)
+    return value
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Why the node refuses a token. `named`: one of the node's own rules, worth showing
+    over pyjson5's message; otherwise a token the node cannot read at all, where pyjson5's
+    message (it knows the grammar around the token) is better when it has one."""
+    message: str
+    offset: int
+    named: bool = True
+
+
+def _scan(text: str) -> _Refusal | None:
+    """The first token the node refuses, or None."""
+    pos, end = 0, len(text)
+    while True:
+        skipped = _SKIP.match(text, pos)
+        if skipped:
+            pos = skipped.end()
+        if pos >= end:
+            return None
+        ch = text[pos]
+        if ch in "{}[]:,":
+            pos += 1
+        elif ch in "\"'":
+            refusal, pos = _scan_string(text, pos)
+            if refusal:
+                return refusal
+        elif (number := _NUMBER.match(text, pos)) is not None:
+            rule = _number_rule(number)
+            if rule:
+                return _Refusal(rule, pos)
+            pos = number.end()
+            if not _ENDS_WORD.match(text, pos):
+                if text[pos] == "_":
+                    return _Refusal("the node reads no '_' in numbers", pos)
+                return _Refusal(f"the node cannot read {text[pos]!r} right after a number",
+                                pos, named=False)
+        elif (word := _WORD.match(text, pos)) is not None:
+            refusal = _word_rule(text, word)
+            if refusal:
+                return refusal
+            pos = word.end()
+        else:
+            return _Refusal(f"the node cannot read {ch!r} here", pos, named=False)
+
+
+def _scan_string(text: str, start: int) -> tuple[_Refusal | None, int]:
+    quote = text[start]
+    stop = _STRING_BODY[quote].match(text, start + 1).end()
+    ch = text[stop] if stop < len(text) else ""
+    if ch in ("", "\n", "\r") or (ch == "\\" and stop + 1 == len(text)):
+        return _Refusal("unclosed string (a line break inside one must follow a '\\')",
+                        start, named=False), stop
+    if ch in "\u2028\u2029":
+        return _Refusal(f"the node refuses a raw U+{ord(ch):04X} inside a string; write it "
+                        f"as \\u{ord(ch):04x}", stop), stop
+    if ch != quote:  # a backslash starting no escape the node knows
+        return _Refusal(f"the node knows no escape {text[stop:stop + 2]!r} (of the digits "
+                        "only \\0; \\x takes 2 hex digits, \\u 4)", stop, named=False), stop
+    return _surrogate_rule(text, start + 1, stop), stop + 1
+
+
+def _number_rule(number: re.Match[str]) -> str | None:
+    """Which rule of json5 0.4's `parse_integer`/`parse_number` refuses this number."""
+    sign, hex_digits, decimal, word = number.groups()
+    if hex_digits is not None:
+        if sign:
+            return "the node reads hexadecimal numbers only without a sign"
+        if int(hex_digits[2:], 16) > 0xFFFFFFFF:
+            return "the node reads hexadecimal numbers only up to 0xFFFFFFFF (32 bits)"
+        return None
+    if word is not None:
+        return f"the node reads {word} only without '+'" if sign == "+" else None
+    if "." in decimal or "e" in decimal or "E" in decimal:
+        if math.isinf(float(decimal)):
+            return "the node reads numbers only up to about 1.8e308 (a 64-bit float)"
+        return None
+    digits = decimal.lstrip("0") or "0"
+    value = int(digits) if len(digits) <= 20 else 1 << 70  # no int() of huge strings
+    if sign == "-" and value > -_I64[0]:
+        return "the node reads integers only down to -2^63 (-9223372036854775808)"
+    if sign != "-" and value > _I64[1]:
+        return "the node reads integers only up to 2^63-1 (9223372036854775807)"
+    return None
+
+
+def _word_rule(text: str, word: re.Match[str]) -> _Refusal | None:
+    """An unquoted key (or true/false/null/Infinity/NaN) checked character by character
+    against json5.pest's `identifier`."""
+    pos, end = word.start(), word.end()
+    first = True
+    while pos < end:
+        if text.startswith("\\u", pos):
+            pos += 6
+        else:
+            ch = text[pos]
+            category = unicodedata.category(ch)
+            if category == "Mc":
+                return _Refusal(f"the node reads no spacing mark (U+{ord(ch):04X}) in an "
+                                "unquoted key; put the key in quotes", pos)
+            allowed = _ID_START if first else _ID_PART
+            if not (category in allowed or ch in "$_"
+                    or (not first and ch in "\u200c\u200d")):
+                return _Refusal(f"the node cannot read {ch!r} here", pos, named=False)
+            pos += 1
+        first = False
+    return _surrogate_rule(text, word.start(), end)
+
+
+_LONE_LEAD = ("the node reads a \\uD800-\\uDBFF escape only followed by a \\uDC00-\\uDFFF "
+              "escape (a lone surrogate is no character)")
+
+
+def _surrogate_rule(text: str, start: int, end: int) -> _Refusal | None:
+    """json5 0.4's `parse_string_component`: a `\\uD800`-`\\uDBFF` escape takes the next
+    component (a line continuation is none) and it must be a `\\uDC00`-`\\uDFFF` escape."""
+    if not _SURROGATE_ESCAPE.search(text, start, end):
+        return None
+    lead: int | None = None
+    for component in _COMPONENT.finditer(text, start, end):
+        piece = component.group()
+        if piece[0] == "\\" and piece[1] in _LT:
+            continue  # a line continuation
+        code = int(component.group(1), 16) if component.group(1) else None
+        if lead is not None:
+            if code is None or not 0xDC00 <= code <= 0xDFFF:
+                return _Refusal(_LONE_LEAD, lead)
+            lead = None
+        elif code is not None and 0xDC00 <= code <= 0xDFFF:
+            return _Refusal("the node refuses a lone \\uDC00-\\uDFFF escape (a surrogate "
+                            "pair starts with \\uD800-\\uDBFF)", component.start())
+        elif code is not None and 0xD800 <= code <= 0xDBFF:
+            lead = component.start()
+    return None if lead is None else _Refusal(_LONE_LEAD, lead)
+
+
+def _non_finite_to_null(value: object) -> object:
+    """serde_json stores a non-finite f64 as null (`Number::from_f64` is None)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _non_finite_to_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_non_finite_to_null(v) for v in value]
+    return value
+
+
+def _offset(exc: Exception) -> int:
+    """pyjson5's "near N" (1-based, in characters) as a 0-based offset."""
+    message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+    match = _NEAR.search(message)
+    return max(int(match.group(1)) - 1, 0) if match else 0
+
+
+def _humane(exc: Exception) -> str:
+    """pyjson5's message without its offset (we give line and column) and byte reprs."""
+    message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else "not JSON5"
+    message = _NEAR.sub("", message)
+    message = re.sub(r"b'([^']*)'", r"\1", message)
+    message = re.sub(r"U\+([0-9a-fA-F]{4,6})", _char_name, message)
+    message = message.replace("NumericLiteral", "number").removesuffix(" starting")
+    if message.startswith("No JSON data found"):
+        return "no value (only blanks and comments)"
+    return message[:1].lower() + message[1:]
+
+
+def _char_name(match: re.Match[str]) -> str:
+    ch = chr(int(match.group(1), 16))
+    return repr(ch) if ch.isprintable() and ch.isascii() else f"U+{match.group(1).upper()}"
+
+
+def _line_end(text: str, offset: int) -> int:
+    """The end of the line holding `offset`: the node's own rule is shown over pyjson5's
+    message when it is on that line or before (pyjson5's offsets are approximate)."""
+    end = text.find("\n", offset)
+    return len(text) if end < 0 else end
+
+
+def _at(text: str, message: str, offset: int) -> ConfigSyntaxError:
+    offset = min(max(offset, 0), len(text))
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return ConfigSyntaxError(message, line, column)
