@@ -55,6 +55,9 @@ class StaticToken(TokenSource):
         return self._token
 
 
+EMPTY_TRIES, EMPTY_WAIT = 20, 0.05
+
+
 class TokenFile(TokenSource):
     def __init__(self, path: Path, description: str | None = None) -> None:
         self.path = path
@@ -63,7 +66,13 @@ class TokenFile(TokenSource):
         self._token = self._read()
 
     def _read(self) -> str:
-        text = _read_text(self.path, "the JWT token file")
+        # The node rewrites this file in place (std::fs::write truncates, then writes):
+        # a reader can find it empty for a moment. Empty for a whole second is empty.
+        for _ in range(EMPTY_TRIES):
+            text = _read_text(self.path, "the JWT token file")
+            if text:
+                break
+            time.sleep(EMPTY_WAIT)
         if not text:
             raise SettingsError(f"the JWT token file {self.path} is empty")
         return text

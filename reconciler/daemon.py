@@ -29,7 +29,7 @@ from reconciler.apply import Outcome, PassResult, Reconciler, node_client
 from reconciler.errors import ConfigDirError, ReconcilerError, SettingsError
 from reconciler.ledger import atomic_write
 from reconciler.metrics import Metrics, MetricsServer
-from reconciler.node import NodeError
+from reconciler.node import ApiAbsent, NodeError, RuntimeLoadUnsupported
 from reconciler.notify import Notifier
 from reconciler.plan import Policy, count_states, plan, statuses
 from reconciler.retry import Backoff, Stalls
@@ -79,6 +79,7 @@ class Daemon:
         self.scanned: tuple | None = None
         self.scan_fired = False
         self.node_down = False
+        self.unsupported_until = 0.0  # monotonic: until then the probe leaves the node be
         self.summary = "starting"
         self.logged_summary = ""
         self.rows: tuple = ()
@@ -195,6 +196,8 @@ class Daemon:
         try:
             result = self.reconciler.run_pass(on_outcome=self._on_outcome,
                                               should_stop=self.stopping.is_set)
+        except (ApiAbsent, RuntimeLoadUnsupported) as exc:
+            error, outcome = str(exc), "unsupported"
         except NodeError as exc:
             error, outcome = str(exc), "error"
             self._node_down(exc)
@@ -206,6 +209,8 @@ class Daemon:
             self.in_pass.clear()
         if result is not None:
             outcome = self._after(result, policy, wake)
+        elif outcome == "unsupported":
+            self._unsupported(error or "")
         elif outcome == "error":
             delay = self.backoff.next()
             self.trigger.retry_in(delay)
@@ -224,7 +229,23 @@ class Daemon:
         else:
             self.notifier.status(self.summary)
 
+    def _unsupported(self, error: str) -> None:
+        """A node that cannot do this at all (no Slipstream API, or plugins chosen at
+        start-up): not a failure to back off from, a state. Nothing is unloaded because of
+        it; the node is asked again every --max-backoff, since an upgrade or downgrade
+        changes it."""
+        self.expected_live = None
+        recheck = self.options.max_backoff
+        self.unsupported_until = time.monotonic() + recheck
+        self.trigger.retry_in(recheck)
+        summary = f"unsupported: {error}"
+        if summary != self.logged_summary:
+            log.error("%s (asking again every %.0f s)", summary, recheck)
+            self.logged_summary = summary
+        self.summary = f"{summary}; asking again in {recheck:.0f} s"
+
     def _after(self, result: PassResult, policy: Policy, wake: Wake) -> str:
+        self.unsupported_until = 0.0
         self._node_up()
         self.stalls.record(result.outcomes)
         holds = self.stalls.holds()  # fixed from here on in this pass
@@ -294,14 +315,17 @@ class Daemon:
         scan_every = 1 if not self.options.watch else SCAN_EVERY
         ticks = 0
         while not self.stopping.wait(self.options.probe_interval):
-            if self.in_pass.is_set():
-                continue
+            if self.in_pass.is_set() or time.monotonic() < self.unsupported_until:
+                continue  # an unsupported node is asked again by the pass, slowly
             before = self.passes
             ticks += 1
             if ticks % scan_every == 0:
                 self._scan()
             try:
                 live = frozenset(self.probe_client.list())
+            except ApiAbsent:
+                self.trigger.request("probe")  # the pass records the state, then waits
+                continue
             except NodeError as exc:
                 self._node_down(exc)
                 continue

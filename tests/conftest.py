@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -147,3 +150,73 @@ def copy_examples(src: Path, ws: Workspace) -> None:
     for item in src.iterdir():
         if item.is_file():
             shutil.copy(item, ws.conf / item.name)
+
+
+# -- the daemon, as a real process ------------------------------------------------------
+FAST = ["--debounce", "0.05", "--max-wait", "0.5", "--probe-interval", "0.2",
+        "--resync-interval", "30", "--max-backoff", "1"]
+
+
+class DaemonProcess:
+    def __init__(self, ws, node, args=(), env=None, node_url=None) -> None:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("SLIPSTREAM_")}
+        environment.update({
+            "SLIPSTREAM_CONFIG_DIR": str(ws.conf), "SLIPSTREAM_STATE_DIR": str(ws.state),
+            "SLIPSTREAM_NODE_URL": node_url or node.url, "SLIPSTREAM_MAX_RPS": "0",
+            "SLIPSTREAM_JWT_TOKEN_FILE": str(node.token_file if node else ws.node_data /
+                                             "token.txt"),
+            "SLIPSTREAM_METRICS_ADDRESS": "127.0.0.1:0",
+        })
+        environment.update(env or {})
+        command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "reconciler"]
+        self.proc = subprocess.Popen([*command, "run", *FAST, *args], env=environment,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, stdin=subprocess.DEVNULL)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.state = ws.state
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def metrics_url(self) -> str:
+        found = wait_for(lambda: re.search(r"metrics on (http://\S+)/metrics", self.log),
+                         message="the metrics address in the log")
+        return found.group(1)
+
+    def record(self) -> dict | None:
+        try:
+            return json.loads((self.state / "daemon.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            self._reader.join(timeout=2)
+
+
+@pytest.fixture
+def daemon(ws):
+    started: list[DaemonProcess] = []
+
+    def start(node, *args, **kw) -> DaemonProcess:
+        d = DaemonProcess(ws, node, args, **kw)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()

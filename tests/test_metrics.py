@@ -18,7 +18,6 @@ from reconciler.errors import SettingsError
 from reconciler.metrics import Metrics, MetricsServer
 from reconciler.node import NodeClient, NodeUnreachable
 from tests.conftest import wait_for
-from tests.test_daemon import daemon  # noqa: F401 -- the fixture that runs `run` for real
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
@@ -94,7 +93,7 @@ def _promtool(text: str) -> None:
 
 
 @needs_promtool
-def test_a_real_scrape_over_ipv6_passes_promtool(ws, node, daemon) -> None:  # noqa: F811
+def test_a_real_scrape_over_ipv6_passes_promtool(ws, node, daemon) -> None:
     ws.config("a.json5", name="a")
     d = daemon(node, env={"SLIPSTREAM_METRICS_ADDRESS": "[::1]:0"})
     base = d.metrics_url()
@@ -111,7 +110,7 @@ def test_a_real_scrape_over_ipv6_passes_promtool(ws, node, daemon) -> None:  # n
 
 
 @needs_promtool
-def test_an_unreachable_node_is_counted_and_the_scrape_stays_clean(ws, daemon) -> None:  # noqa: F811
+def test_an_unreachable_node_is_counted_and_the_scrape_stays_clean(ws, daemon) -> None:
     ws.config("a.json5", name="a")
     (ws.node_data / "token.txt").write_text("a-token-the-silent-node-never-checks\n")
     listener = _silent_listener()

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import requests
 
 from reconciler.ledger import LedgerStore
 from reconciler.refnode import Faults
 from reconciler.refnode.plugins import ON_LOAD_FAILS_MARKER
-from tests.conftest import no_traceback
+from tests.conftest import no_traceback, wait_for
 
 
 def test_a_build_without_the_api_is_named_and_changes_nothing(cli, ws, make_node):
@@ -177,3 +178,39 @@ def test_a_node_in_a_container_reads_configs_and_rollback_copies_at_its_own_path
     assert "postgres" in node.manager.names()
     copy = [r.body for r in node.requests if r.method == "POST"][-1]
     assert '"/var/lib/slipstream-reconciler/configs/' in copy
+
+
+def test_the_daemon_shows_a_node_without_the_api_as_unsupported_and_unloads_nothing(
+        cli, ws, node, daemon):
+    ws.config("postgres.json5", name="postgres")
+    d = daemon(node)
+    wait_for(lambda: "postgres" in node.manager.names(), message="postgres loaded")
+    node.stop()  # the node is replaced by a build without the feature
+    node.options.slipstream, node.options.slipstream_configs = False, []
+    node.start()
+    record = wait_for(lambda: (r := d.record()) and r["summary"].startswith("unsupported:")
+                      and r, message="the unsupported state")
+    assert "--features slipstream-plugins" in record["summary"]
+    assert record["last_pass"]["result"] == "unsupported"
+    status = cli("status", node=node)
+    assert status.code == 1 and "no Slipstream plugin API" in status.err
+    node.stop()  # and back: a build with the API again, restarted without run-time plugins
+    node.options.slipstream = True
+    node.options.slipstream_configs = [str(ws.root / "boot" / "startup.json5")]
+    node.start()
+    wait_for(lambda: "postgres" in node.manager.names(), message="postgres loaded again")
+    assert not [r for r in node.requests if r.method == "DELETE"]
+    assert "unsupported: the node at" in d.log
+
+
+def test_the_daemon_leaves_a_static_plugin_node_alone(ws, make_node, daemon):
+    node = make_node(runtime_loading=False)
+    ws.config("postgres.json5", name="postgres")
+    d = daemon(node)
+    record = wait_for(lambda: (r := d.record()) and r["summary"].startswith("unsupported:")
+                      and r, message="the unsupported state")
+    assert "--slipstream-plugins" in record["summary"]
+    time.sleep(1.5)  # --max-backoff 1: about one more try, not one per probe
+    posts = [r for r in node.requests if r.method == "POST"]
+    assert 1 <= len(posts) <= 3
+    assert node.manager.names() == ["startup"]
