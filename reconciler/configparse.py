@@ -32,12 +32,14 @@ node's rule. The node's rules on top of JSON5, each from json5 0.4:
   objects, so we refuse anything past MAX_DEPTH levels (pyjson5's own cap, checked while
   it reads, so no deep text reaches a recursive parser).
 
-Where we are stricter than the node (it would accept, we refuse with a message; never
-the other way round):
+Where we are stricter than the node (it would accept, we refuse with a message; we know
+of no case the other way round, and tests/test_configparse.py fuzzes for one):
 - a key with a *Diacritic* character that is not a JSON5 identifier character (`a^b`),
   or with a spacing mark (Mc) that is also Diacritic: Python has no Diacritic table;
 - `\\uD83D` and `\\uDE00` separated by a line continuation (the node joins them);
 - nesting deeper than MAX_DEPTH.
+Not exact either way: letters in unquoted keys come from Python's Unicode tables, the
+node's from pest's, which may be of another Unicode version.
 Error positions from pyjson5 are its "near" offsets: right to the character for most
 errors, a token early or late for a few.
 
