@@ -98,7 +98,8 @@ class Reconciler:
         self.policy = policy
         self.reader = reader or DirectoryReader(Trust(settings.allow_writable),
                                                 cache_path=settings.state / "cache.json",
-                                                check_libraries=settings.check_libraries)
+                                                check_libraries=settings.check_libraries,
+                                                node_path=settings.node_path)
         self.store = LedgerStore(settings.state)
         self.live_override = live_override
         self._client = client

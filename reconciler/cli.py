@@ -219,7 +219,8 @@ def _validate_report(settings: Settings, no_library_check: bool, output: Output)
     from reconciler.desired import DirectoryReader, Trust
 
     desired = DirectoryReader(Trust(settings.allow_writable),
-                              check_libraries=not no_library_check).read(settings.config_dir)
+                              check_libraries=not no_library_check,
+                              node_path=settings.node_path).read(settings.config_dir)
     return _as_report(output, ERROR if desired.invalid else OK, render.validate_text(desired),
                       render.validate_json(desired))
 

@@ -592,3 +592,33 @@ def test_the_node_command_without_the_feature(ws):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("raw", [
+    '{libpath: "./libx.so", n: +Infinity}',  # the json5 crate's grammar has no sign here
+    '{libpath: "./libx.so", n: 0x100000000}',  # hex is read as u32
+    '{libpath: "./libx.so", n: 9223372036854775808}',  # integers as i64, never u64
+    '{libpath: "./libx.so", n: 1e400}',  # too large for f64
+    '{libpath: "./libx.so\u2028"}',  # a raw line separator inside a string
+])
+def test_the_node_refuses_what_its_json5_crate_refuses(ws, raw):
+    """The reference node parses configs as the node does (reconciler.configparse), where
+    the JSON5 spec, and the json5 package, would accept these."""
+    from reconciler.refnode.plugins import PluginManager, PluginManagerError
+
+    ws.library("x")
+    path = ws.conf / "x.json5"
+    path.write_text(raw.replace("./libx.so", "../libs/libx.so"), encoding="utf-8")
+    with pytest.raises(PluginManagerError, match="not in a valid JSON/JSON5 format"):
+        PluginManager().load(str(path))
+
+
+def test_the_node_reads_a_comment_ended_by_a_carriage_return_as_its_end(ws):
+    ws.library("a")
+    ws.library("b")
+    path = ws.conf / "cr.json5"
+    path.write_bytes(b'{libpath: "../libs/liba.so", // old\r libpath: "../libs/libb.so"}')
+    from reconciler.refnode.plugins import PluginManager
+
+    manager = PluginManager()
+    assert manager.load(str(path)) == "b"

@@ -35,8 +35,6 @@ import stat
 import time
 from dataclasses import dataclass
 
-import json5
-
 from reconciler import nodepath
 from reconciler.refnode.rwlock import RwLock
 
@@ -92,17 +90,19 @@ def library_name(libpath: str) -> str:
 
 
 def _parse_config(text: str) -> object:
-    """The node's config parse (Rust `json5` 0.4 into `serde_json::Value`), in one place so
-    that a node-faithful parser can replace the `json5` package here alone. Raises
-    ValueError carrying the parser's message."""
+    """The node's config parse (Rust `json5` 0.4 into `serde_json::Value`): the same
+    node-faithful parse the reconciler validates with (reconciler.configparse), so the
+    reference node refuses what the node refuses. One difference, on purpose: the node
+    has no depth limit and dies of a stack overflow near 2,000 nested objects; this
+    node refuses past configparse's cap instead. Raises ValueError with a message that
+    names line and column."""
+    from reconciler.configparse import ConfigSyntaxError, parse
+
     try:
-        return json5.loads(text)
-    except RecursionError:
-        raise ValueError("nesting too deep") from None
-    except ValueError:
-        raise
-    except Exception as exc:  # the json5 package raises a few other types on odd input
-        raise ValueError(str(exc)) from None
+        return parse(text.encode("utf-8", "surrogatepass"))
+    except ConfigSyntaxError as exc:
+        where = f" at line {exc.line} column {exc.column}" if exc.line is not None else ""
+        raise ValueError(f"{exc.message}{where}") from None
 
 
 def rust_debug(text: str) -> str:
