@@ -18,9 +18,11 @@ from dataclasses import dataclass, replace
 
 from reconciler import nodepath
 from reconciler.auth import token_source
-from reconciler.desired import Desired, DesiredPlugin, DirectoryReader, Problem, Trust
+from reconciler.configdir import DirectoryReader, Trust
+from reconciler.desired import Desired, DesiredPlugin, Problem
 from reconciler.errors import StalePlanError
-from reconciler.ledger import Entry, FailedReplace, Ledger, LedgerStore
+from reconciler.ledger import Entry, FailedReplace, Ledger
+from reconciler.ledgerstore import LedgerStore
 from reconciler.node import (
     AlreadyLoaded,
     NodeClient,
@@ -30,53 +32,11 @@ from reconciler.node import (
     RuntimeLoadUnsupported,
     blames_the_plugin,
 )
+from reconciler.outcome import Outcome, PassResult
 from reconciler.plan import Action, Change, Plan, Policy, fingerprint, plan
 from reconciler.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    change: Change
-    ok: bool
-    message: str
-    name: str | None = None  # the name the plugin has now (for a load: the node's answer)
-    unloaded: str | None = None  # what this change really took off the node
-    loaded: str | None = None  # and what it really put on, whether or not it succeeded
-
-
-@dataclass(frozen=True)
-class PassResult:
-    plan: Plan
-    outcomes: tuple[Outcome, ...] = ()
-    live: tuple[str, ...] = ()
-    desired: Desired | None = None
-    stopped: bool = False  # a stop request ended the pass between two calls
-
-    @property
-    def live_after(self) -> frozenset[str]:
-        """The node's plugins once the pass is done, from what each call really did."""
-        live = set(self.live)
-        for outcome in self.outcomes:
-            live.discard(outcome.unloaded)
-            if outcome.loaded is not None:
-                live.add(outcome.loaded)
-        return frozenset(live)
-
-    @property
-    def failures(self) -> tuple[Outcome, ...]:
-        return tuple(o for o in self.outcomes if not o.ok)
-
-    @property
-    def changed(self) -> bool:
-        return any(o.ok for o in self.outcomes)
-
-    @property
-    def converged(self) -> bool:
-        waiting = any(c.held_as in ("failed-replace", "stalled") for c in self.plan.held)
-        return (not self.failures and not self.plan.invalid and self.plan.blocked is None
-                and not waiting)
 
 
 @dataclass

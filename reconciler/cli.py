@@ -216,7 +216,7 @@ def validate(settings: Settings, no_library_check: NoLibraryCheck = False,
 
 def _validate_report(settings: Settings, no_library_check: bool, output: Output):
     from reconciler import render
-    from reconciler.desired import DirectoryReader, Trust
+    from reconciler.configdir import DirectoryReader, Trust
 
     desired = DirectoryReader(Trust(settings.allow_writable),
                               check_libraries=not no_library_check,
@@ -300,7 +300,7 @@ def _read_live(path: Path) -> list[str]:
 
 
 def _save_plan(path: Path, body: dict, mark: str, settings: Settings, policy) -> None:
-    from reconciler.ledger import atomic_write
+    from reconciler.ledgerstore import atomic_write
 
     saved = {**body, "fingerprint": mark, "config_dir": str(settings.config_dir.absolute()),
              "policy": {"prune": policy.prune.value, "allow_empty": policy.allow_empty,

@@ -25,12 +25,13 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from reconciler.apply import Outcome, PassResult, Reconciler, node_client
+from reconciler.apply import Reconciler, node_client
 from reconciler.errors import ConfigDirError, ReconcilerError, SettingsError
-from reconciler.ledger import atomic_write
+from reconciler.ledgerstore import atomic_write
 from reconciler.metrics import Metrics, MetricsServer
 from reconciler.node import ApiAbsent, NodeError, RuntimeLoadUnsupported
 from reconciler.notify import Notifier
+from reconciler.outcome import Outcome, PassResult
 from reconciler.plan import Policy, count_states, plan, statuses
 from reconciler.retry import Backoff, Stalls
 from reconciler.settings import Settings

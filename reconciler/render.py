@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import time
 
-from reconciler.apply import Outcome, PassResult
 from reconciler.desired import Desired, Problem
+from reconciler.outcome import Outcome, PassResult
 from reconciler.plan import Action, Change, Plan, PluginStatus, count_states
 
 FORMAT_VERSION = 1

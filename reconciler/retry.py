@@ -8,7 +8,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from reconciler.apply import Outcome
+from reconciler.outcome import Outcome
 from reconciler.plan import Action, Hold
 
 STALL_AFTER = 5

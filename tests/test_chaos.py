@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from reconciler.ledger import LedgerStore
+from reconciler.ledgerstore import LedgerStore
 from reconciler.refnode import NodeOptions, RefNode
 from tests.conftest import SCRIPT, wait_for
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from reconciler.ledger import LedgerStore
+from reconciler.ledgerstore import LedgerStore
 from tests.conftest import SCRIPT, no_traceback
 
 SECRET_VALUE = "hunter2-s3cret"

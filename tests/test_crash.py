@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from reconciler.ledger import LedgerStore
+from reconciler.ledgerstore import LedgerStore
 from reconciler.refnode import Faults
 from tests.conftest import SCRIPT, wait_for
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from reconciler.ledger import LedgerStore
+from reconciler.ledgerstore import LedgerStore
 from tests.conftest import SCRIPT, wait_for
 
 

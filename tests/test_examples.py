@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json5
 
-from reconciler.desired import DirectoryReader
+from reconciler.configdir import DirectoryReader
 from tests.conftest import copy_examples
 
 

@@ -8,7 +8,8 @@ import os
 import pytest
 
 from reconciler.errors import LedgerError
-from reconciler.ledger import Entry, LedgerStore
+from reconciler.ledger import Entry
+from reconciler.ledgerstore import LedgerStore
 
 
 def entry(name: str, config: str = "c0") -> Entry:

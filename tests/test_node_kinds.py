@@ -15,7 +15,7 @@ import time
 
 import requests
 
-from reconciler.ledger import LedgerStore
+from reconciler.ledgerstore import LedgerStore
 from reconciler.refnode import Faults
 from reconciler.refnode.plugins import ON_LOAD_FAILS_MARKER
 from tests.conftest import no_traceback, wait_for

@@ -10,7 +10,7 @@ import subprocess
 import jwt
 import pytest
 
-from reconciler.ledger import LedgerStore
+from reconciler.ledgerstore import LedgerStore
 from tests.conftest import no_traceback
 from tests.hostile import HostileServer
 

@@ -3,8 +3,8 @@ and stalls, on a fake clock."""
 
 from __future__ import annotations
 
-from reconciler.apply import Outcome
 from reconciler.desired import DesiredPlugin
+from reconciler.outcome import Outcome
 from reconciler.plan import Action, Change
 from reconciler.retry import Backoff, Stalls
 from reconciler.trigger import Trigger

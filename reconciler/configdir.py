@@ -1,0 +1,399 @@
+"""The desired state: what the config directory asks the node to run.
+
+Reading is offline and never trusts a file: every problem becomes a Problem naming the
+file (and line and column where there is one), and a file with a problem is *invalid*,
+which protects its plugin instead of unloading it. A file that vanishes between the
+listing and the read is invalid too, for one pass: an editor's delete-then-recreate save
+must not unload anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import stat
+import unicodedata
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler import configparse, nodepath
+from reconciler.desired import UNCHECKED, Desired, DesiredPlugin, Problem, is_config_name
+from reconciler.errors import ConfigDirError
+
+MAX_CONFIG_BYTES = 1 << 20
+# Names the parse that made the cached config summaries; a new parse invalidates them.
+PARSE_VERSION = "configparse-1"
+
+
+class UntrustedConfig(ConfigDirError):
+    """Whoever can write the config directory can run code inside the node: a directory
+    or file others could have written is refused as a whole."""
+
+
+def mounted_read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Trust:
+    allow_writable: bool = False  # --insecure-allow-writable: development only
+    uid: int = field(default_factory=os.geteuid)
+    read_only: Callable[[str], bool] = mounted_read_only
+
+    def check(self, path: str, st: os.stat_result, what: str) -> tuple[str | None, str | None]:
+        """(refusal, warning) for one directory or file. Mode bits mean nothing on a
+        read-only mount: a Kubernetes ConfigMap volume's root is 0777, mounted read-only."""
+        if self.allow_writable:
+            return None, None
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & stat.S_IWOTH and not self.read_only(path):
+            return (f"{what} {path} is world-writable (mode {mode:o}): anyone on this host "
+                    "could make the node load code", None)
+        if st.st_uid not in (0, self.uid):
+            return (f"{what} {path} is owned by uid {st.st_uid}, neither root nor the user "
+                    f"running the reconciler (uid {self.uid})", None)
+        if mode & stat.S_IWGRP and not mode & stat.S_IWOTH:
+            return None, f"{what} {path} is group-writable (mode {mode:o}); chmod g-w it"
+        return None, None
+
+
+class _Invalid(Exception):
+    def __init__(self, message: str, line: int | None = None, column: int | None = None):
+        super().__init__(message)
+        self.problem = (message, line, column)
+
+
+class DirectoryReader:
+    """Reads a config directory into a Desired value.
+
+    Parsing costs microseconds per file (configparse), and hashing a large library far
+    more, so both are cached: what validation needs from a config (its type,
+    `libpath`, `name`; never plugin-specific values) by the sha256 of its bytes, which are
+    read and hashed on every pass and so can never be stale; and library hashes by the
+    library's stat identity. The daemon keeps one reader; with `cache_path` (in the state
+    directory) the CLI's one-shot commands share the caches across runs too.
+    """
+
+    def __init__(self, trust: Trust | None = None, cache_path: Path | None = None,
+                 check_libraries: bool = True,
+                 node_path: Callable[[str], str] | None = None) -> None:
+        self.trust = trust or Trust()
+        # Where the node sees a config file (Settings.node_path): its duplicate-library
+        # rule joins libpath onto that folder, which matters for absolute libpaths.
+        self.node_path = node_path or (lambda path: path)
+        self.check_libraries = check_libraries  # False: CI, where the .so files are absent
+        self.cache_path = cache_path
+        self._summaries: dict[str, dict] = {}  # config sha256 -> what validation needs
+        self._full: dict[str, dict] = {}  # config sha256 -> parsed config, this process only
+        self._checked: dict[str, tuple | _Invalid] = {}  # sha256 -> (libpath, name) or why not
+        self._libraries: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._dirty = False
+        self._load_cache()
+
+    def _load_cache(self) -> None:
+        if self.cache_path is None:
+            return
+        try:
+            data = json.loads(self.cache_path.read_text(encoding="utf-8"))
+            # Summaries made by another parse are not what this one reads (the old parse
+            # read `// x\r libpath: ...` differently): dropped, the libraries kept.
+            if data.get("parse") == PARSE_VERSION:
+                self._summaries = dict(data["configs"])
+            self._libraries = {path: (tuple(v[:5]), v[5]) for path, v in
+                               data["libraries"].items()}
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            self._summaries, self._libraries = {}, {}  # a cache: rebuilt, never trusted
+
+    def _save_cache(self, used: set[str]) -> None:
+        self._summaries = {k: v for k, v in self._summaries.items() if k in used}
+        if self.cache_path is None or not self._dirty or not self.cache_path.parent.is_dir():
+            return
+        data = {"parse": PARSE_VERSION, "configs": self._summaries,
+                "libraries": {p: [*key, sha] for p, (key, sha) in self._libraries.items()}}
+        tmp = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.cache_path)
+            self._dirty = False
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def read(self, directory: Path | str) -> Desired:
+        directory = os.path.abspath(directory)
+        try:
+            names = sorted(entry for entry in os.listdir(directory) if is_config_name(entry))
+            directory_stat = os.stat(directory)
+        except FileNotFoundError:
+            raise ConfigDirError(f"config directory {directory} does not exist") from None
+        except NotADirectoryError:
+            raise ConfigDirError(f"config directory {directory} is not a directory") from None
+        except PermissionError:
+            raise ConfigDirError(f"config directory {directory} is not readable "
+                                 "(permission denied)") from None
+        plugins: list[DesiredPlugin] = []
+        problems: list[Problem] = []
+        warnings = self._check_trust(directory, directory_stat, names)
+        used: set[str] = set()
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                plugin = self._read_one(path, used)
+            except _Invalid as bad:
+                problems.append(Problem(path, *bad.problem))
+                continue
+            if plugin.name is None:
+                warnings.append(Problem(path, "no `name`: the plugin's name is known only "
+                                        "after it is loaded; set `name` to make plans exact"))
+            plugins.append(plugin)
+        plugins, duplicates = _without_duplicates(plugins)
+        libraries = {p.libpath for p in plugins}
+        for path in [p for p in self._libraries if p not in libraries]:
+            del self._libraries[path]  # only what this read used is watched for rebuilds
+            self._dirty = True
+        self._save_cache(used)
+        return Desired(directory, tuple(plugins), tuple(problems + duplicates), tuple(warnings))
+
+    def _check_trust(self, directory: str, directory_stat: os.stat_result,
+                     names: list[str]) -> list[Problem]:
+        refusals: list[str] = []
+        warnings: list[Problem] = []
+        checks = [(directory, directory_stat, "the config directory")]
+        real_directory = os.path.realpath(directory)
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode):
+                    target = os.path.realpath(path)
+                    if os.path.commonpath([target, real_directory]) != real_directory:
+                        refusals.append(f"{path} is a symlink leading outside the config "
+                                        f"directory (to {target})")
+                        continue
+                    st = os.stat(path)
+            except OSError:
+                continue  # reading it will say what is wrong
+            checks.append((path, st, "config file"))
+        for path, st, what in checks:
+            refusal, warning = self.trust.check(path, st, what)
+            if refusal:
+                refusals.append(refusal)
+            if warning:
+                warnings.append(Problem(path, warning))
+        if refusals:
+            raise UntrustedConfig("refusing to use the config directory: " + "; ".join(refusals)
+                                  + ". Fix the ownership or permissions "
+                                  "(--insecure-allow-writable is for development only)")
+        return warnings
+
+    def parsed(self, config_sha256: str, path: str) -> dict | None:
+        """The whole parsed config with these bytes (for the copy kept for rollbacks):
+        from memory, or read again from `path` while it still holds those bytes."""
+        config = self._full.get(config_sha256)
+        if config is None:
+            try:
+                raw = _read_config_bytes(path)
+                if hashlib.sha256(raw).hexdigest() != config_sha256:
+                    return None
+                config = _parse(raw)
+            except _Invalid:
+                return None
+        return dict(config) if isinstance(config, dict) else None
+
+    def reread(self, path: str) -> DesiredPlugin | Problem:
+        """One file again, just before a change that depends on it (a replace)."""
+        try:
+            return self._read_one(path, set())
+        except _Invalid as bad:
+            return Problem(path, *bad.problem)
+
+    def _summary(self, raw: bytes, digest: str) -> dict:
+        summary = self._summaries.get(digest)
+        if summary is not None:
+            return summary
+        try:
+            config = _parse(raw)
+        except _Invalid as bad:
+            summary = {"error": list(bad.problem)}
+        else:
+            if isinstance(config, dict):
+                if len(self._full) > 4096:
+                    self._full.clear()
+                self._full[digest] = config
+                summary = {"type": "object",
+                           "fields": {k: config[k] for k in ("libpath", "name") if k in config}}
+            else:
+                summary = {"type": _json_type(config)}
+        self._summaries[digest] = summary
+        self._dirty = True
+        return summary
+
+    def _read_one(self, path: str, used: set[str]) -> DesiredPlugin:
+        raw = _read_config_bytes(path)
+        digest = hashlib.sha256(raw).hexdigest()
+        used.add(digest)
+        checked = self._checked.get(digest)
+        if checked is None:
+            try:
+                checked = _check(self._summary(raw, digest))
+            except _Invalid as bad:
+                checked = bad
+            self._checked[digest] = checked
+        if isinstance(checked, _Invalid):
+            raise _Invalid(*checked.problem)
+        libpath, name = checked
+        resolved = os.path.normpath(os.path.join(os.path.dirname(path), libpath))
+        library = self.library_sha256(resolved, libpath) if self.check_libraries else UNCHECKED
+        key = nodepath.components(nodepath.join(self.node_path(path), libpath))
+        return DesiredPlugin(path, name, resolved, digest, library, key)
+
+    def libraries_changed(self) -> bool:
+        """Whether any library hashed by the last read has changed on disk since: one
+        stat each, compared with the identity its hash was taken at."""
+        try:
+            known = list(self._libraries.items())
+        except RuntimeError:  # a read is under way in another thread: it will tell
+            return False
+        for path, (key, _) in known:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return True
+            if key != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                return True
+        return False
+
+    def library_sha256(self, resolved: str, as_written: str) -> str:
+        try:
+            st = os.stat(resolved)
+        except FileNotFoundError:
+            raise _Invalid(f"plugin library {as_written!r} not found (resolved to {resolved})")\
+                from None
+        except OSError as exc:
+            raise _Invalid(f"plugin library {resolved}: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise _Invalid(f"plugin library {resolved} is not a regular file")
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        cached = self._libraries.get(resolved)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            digest = _hash_file(resolved)
+        except OSError as exc:
+            raise _Invalid(f"plugin library {resolved} is not readable: {exc.strerror}") from None
+        self._libraries[resolved] = (key, digest)
+        self._dirty = True
+        return digest
+
+
+def _check(summary: dict) -> tuple[str, str | None]:
+    """(libpath, name) from what validation needs of a config, or _Invalid."""
+    if "error" in summary:
+        raise _Invalid(*summary["error"])
+    if summary["type"] != "object":
+        raise _Invalid(f"the config must be an object, not {summary['type']}")
+    config = summary["fields"]
+    libpath = config.get("libpath")
+    if not isinstance(libpath, str) or not libpath:
+        raise _Invalid("`libpath` is required and must be a non-empty string "
+                       "(the path of the plugin library)")
+    name = config.get("name")
+    if name is not None and (not isinstance(name, str) or not name or
+                             any(unicodedata.category(ch) == "Cc" for ch in name)):
+        raise _Invalid("`name` must be a non-empty string without control characters")
+    return libpath, name
+
+
+def _read_config_bytes(path: str) -> bytes:
+    """One open, one fstat, one read. O_NONBLOCK: a FIFO put in a config's place must be
+    refused, not waited on (regular files ignore the flag)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise _Invalid("the file vanished while it was being read (or is a dangling "
+                       "symlink); it is left as it is until it is back") from None
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket cannot be opened at all
+            raise _Invalid("not a regular file") from None
+        raise _Invalid(f"cannot read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Invalid("not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise _Invalid(f"the file is {st.st_size} bytes; a config may be at most "
+                           f"{MAX_CONFIG_BYTES} bytes")
+        chunks, size = [], 0
+        while chunk := os.read(fd, MAX_CONFIG_BYTES + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_CONFIG_BYTES:
+                raise _Invalid(f"the file grew past {MAX_CONFIG_BYTES} bytes while it was "
+                               "read")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise _Invalid(f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _parse(raw: bytes) -> object:
+    """The value the node reads from these bytes (configparse), or _Invalid."""
+    try:
+        return configparse.parse(raw)
+    except configparse.ConfigSyntaxError as exc:
+        raise _Invalid(exc.message, exc.line, exc.column) from None
+
+
+def _hash_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return "a number"
+
+
+def _without_duplicates(
+    plugins: list[DesiredPlugin],
+) -> tuple[list[DesiredPlugin], list[Problem]]:
+    """Two files that claim one name or one library can't both be loaded; which one the
+    operator meant is not ours to guess, so both are invalid. "One library" is the node's
+    rule, no more and no fewer: the joined paths' components are equal (`dir/./x.so` is
+    `dir/x.so`; `dir/../dir/x.so` is not, though it is the same file: the node loads it)."""
+    names = Counter(p.name for p in plugins if p.name is not None)
+    keys = {id(p): p.library_key or nodepath.components(p.libpath) for p in plugins}
+    libraries = Counter(keys.values())
+    keep: list[DesiredPlugin] = []
+    problems: list[Problem] = []
+    for plugin in plugins:
+        key = keys[id(plugin)]
+        if names[plugin.name] > 1 or libraries[key] > 1:
+            others = [o.config_file for o in plugins if o is not plugin and (
+                (plugin.name is not None and o.name == plugin.name)
+                or keys[id(o)] == key)]
+            what = (f"name {plugin.name!r}" if names[plugin.name] > 1
+                    else f"library {plugin.libpath}")
+            problems.append(Problem(plugin.config_file, f"{what} is also claimed by "
+                                    f"{', '.join(others)}; neither file is applied"))
+        else:
+            keep.append(plugin)
+    return keep, problems
