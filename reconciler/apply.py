@@ -20,18 +20,17 @@ from reconciler import nodepath
 from reconciler.auth import token_source
 from reconciler.configdir import DirectoryReader, Trust
 from reconciler.desired import Desired, DesiredPlugin, Problem
-from reconciler.errors import StalePlanError
-from reconciler.ledger import Entry, FailedReplace, Ledger
-from reconciler.ledgerstore import LedgerStore
-from reconciler.node import (
+from reconciler.errors import (
     AlreadyLoaded,
-    NodeClient,
     NodeError,
     NotLoaded,
     Rejected,
     RuntimeLoadUnsupported,
-    blames_the_plugin,
+    StalePlanError,
 )
+from reconciler.ledger import Entry, FailedReplace, Ledger
+from reconciler.ledgerstore import LedgerStore
+from reconciler.node import NodeClient, blames_the_plugin
 from reconciler.outcome import Outcome, PassResult
 from reconciler.plan import Action, Change, Plan, Policy, fingerprint, plan
 from reconciler.settings import Settings

@@ -23,16 +23,11 @@ from pathlib import Path
 
 from reconciler import configparse, nodepath
 from reconciler.desired import UNCHECKED, Desired, DesiredPlugin, Problem, is_config_name
-from reconciler.errors import ConfigDirError
+from reconciler.errors import ConfigDirError, UntrustedConfig
 
 MAX_CONFIG_BYTES = 1 << 20
 # Names the parse that made the cached config summaries; a new parse invalidates them.
 PARSE_VERSION = "configparse-1"
-
-
-class UntrustedConfig(ConfigDirError):
-    """Whoever can write the config directory can run code inside the node: a directory
-    or file others could have written is refused as a whole."""
 
 
 def mounted_read_only(path: str) -> bool:

@@ -26,10 +26,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler.apply import Reconciler, node_client
-from reconciler.errors import ConfigDirError, ReconcilerError, SettingsError
+from reconciler.errors import (
+    ApiAbsent,
+    ConfigDirError,
+    NodeError,
+    ReconcilerError,
+    RuntimeLoadUnsupported,
+    SettingsError,
+)
 from reconciler.ledgerstore import atomic_write
 from reconciler.metrics import Metrics, MetricsServer
-from reconciler.node import ApiAbsent, NodeError, RuntimeLoadUnsupported
 from reconciler.notify import Notifier
 from reconciler.outcome import Outcome, PassResult
 from reconciler.plan import Policy, count_states, plan, statuses

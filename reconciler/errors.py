@@ -1,15 +1,32 @@
-"""The root of the error tree. Every error the tool raises on purpose is a
+"""The error tree, in one place. Every error the tool raises on purpose is a
 ReconcilerError whose str() is a complete, operator-readable sentence; the CLI prints it
-and exits 1 without a traceback (unless --debug).
+and exits 1 (`run`: 78 for settings) without a traceback (unless --debug). Each class
+means one thing a caller can act on; nothing above the node client looks at HTTP.
 
     ReconcilerError
-    ├── SettingsError        an option or variable is wrong or missing
-    ├── ConfigDirError       the config directory cannot be read as a whole
-    ├── LedgerError          the ledger is corrupt or cannot be written
-    ├── StalePlanError       a saved plan no longer matches the world
-    ├── PassBlocked          a safety brake refused the pass
-    └── NodeError            (reconciler.node) the node could not do what was asked
+    ├── SettingsError            an option, variable or credential is wrong or missing
+    ├── ConfigDirError           the config directory cannot be read as a whole
+    │   └── UntrustedConfig      others could have written it: refused as a whole
+    ├── LedgerError              the ledger is corrupt or cannot be written
+    ├── StalePlanError           a saved plan no longer matches the world
+    └── NodeError                the node could not do what was asked
+        ├── NodeUnreachable          connection refused, reset, timed out
+        ├── Unauthorized             401 after a token refresh
+        ├── ApiAbsent                404 on every prefix: a build without the Slipstream API
+        ├── NoPluginManager          503: started without any --slipstream-config
+        ├── RuntimeLoadUnsupported   405 on POST/DELETE: plugins chosen at start-up
+        ├── RateLimited              429 that outlasted our patience
+        ├── HiddenCause              the old prefixes' "Failed to convert error", again
+        ├── AlreadyLoaded(name)      422: that name or that library is loaded
+        ├── NotLoaded                404 on DELETE
+        ├── Rejected                 any other load/unload failure (500)
+        └── BadResponse              an answer that is not the node's API
+
+A brake that refuses a pass is not an error: it is part of the plan (`Plan.blocked`),
+shown and turned into exit 1 by the CLI.
 """
+
+from __future__ import annotations
 
 
 class ReconcilerError(Exception):
@@ -24,6 +41,11 @@ class ConfigDirError(ReconcilerError):
     pass
 
 
+class UntrustedConfig(ConfigDirError):
+    """Whoever can write the config directory can run code inside the node: a directory
+    or file others could have written is refused as a whole."""
+
+
 class LedgerError(ReconcilerError):
     pass
 
@@ -32,5 +54,53 @@ class StalePlanError(ReconcilerError):
     pass
 
 
-class PassBlocked(ReconcilerError):
+class NodeError(ReconcilerError):
+    pass
+
+
+class NodeUnreachable(NodeError):
+    pass
+
+
+class Unauthorized(NodeError):
+    pass
+
+
+class ApiAbsent(NodeError):
+    """No Slipstream route on any prefix, while the node's REST API answers: a build
+    without the feature. Nothing can be planned or changed; nothing is unloaded."""
+
+
+class NoPluginManager(NodeError):
+    pass
+
+
+class RuntimeLoadUnsupported(NodeError):
+    pass
+
+
+class RateLimited(NodeError):
+    pass
+
+
+class HiddenCause(NodeError):
+    """The old prefixes turned a layer's answer into "Failed to convert error" every time
+    we asked: an expired token, the rate limit and an unserved method look alike there."""
+
+
+class BadResponse(NodeError):
+    pass
+
+
+class AlreadyLoaded(NodeError):
+    def __init__(self, message: str, name: str | None) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class NotLoaded(NodeError):
+    pass
+
+
+class Rejected(NodeError):
     pass

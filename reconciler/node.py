@@ -1,21 +1,8 @@
 """The node client: snarkOS's three Slipstream routes as three methods.
 
 This is the only module that looks at HTTP. It turns status codes, v2 JSON errors and
-the plain prefix's flattened 500 texts into the exception tree below; nothing above it
-sees a status code.
-
-    NodeError
-    ├── NodeUnreachable          connection refused, reset, timed out
-    ├── Unauthorized             401 after a token refresh
-    ├── ApiAbsent                404 on every prefix: a build without the Slipstream API
-    ├── NoPluginManager          503: started without any --slipstream-config
-    ├── RuntimeLoadUnsupported   405 on POST/DELETE: plugins chosen at start-up (read-only)
-    ├── RateLimited              429 that outlasted our patience
-    ├── HiddenCause              the old prefixes' "Failed to convert error", again and again
-    ├── AlreadyLoaded(name)      422: that name or that library is loaded
-    ├── NotLoaded(name)          404 on DELETE
-    ├── Rejected(reason)         any other load/unload failure (500)
-    └── BadResponse              an answer that is not the node's API
+the plain prefix's flattened 500 texts into the NodeError branch of the error tree
+(reconciler.errors); nothing above it sees a status code.
 
 A node tells which kind it is on first contact (`NodeClient.kind`), in the operator's
 words: a build with the API, one without it (no `--features slipstream-plugins`, or any
@@ -36,7 +23,20 @@ from urllib.parse import quote
 import requests
 
 from reconciler.auth import TokenSource
-from reconciler.errors import ReconcilerError
+from reconciler.errors import (
+    AlreadyLoaded,
+    ApiAbsent,
+    BadResponse,
+    HiddenCause,
+    NodeError,
+    NodeUnreachable,
+    NoPluginManager,
+    NotLoaded,
+    RateLimited,
+    Rejected,
+    RuntimeLoadUnsupported,
+    Unauthorized,
+)
 from reconciler.settings import mask_url
 
 MAX_BODY = 4 << 20
@@ -95,58 +95,6 @@ KIND_WORDS = {
     NodeKind.NO_MANAGER: "snarkOS with the Slipstream API but no plugin manager",
     NodeKind.ABSENT: "snarkOS without the Slipstream plugin API",
 }
-
-
-class NodeError(ReconcilerError):
-    pass
-
-
-class NodeUnreachable(NodeError):
-    pass
-
-
-class Unauthorized(NodeError):
-    pass
-
-
-class ApiAbsent(NodeError):
-    """No Slipstream route on any prefix, while the node's REST API answers: a build
-    without the feature. Nothing can be planned or changed; nothing is unloaded."""
-
-
-class NoPluginManager(NodeError):
-    pass
-
-
-class RuntimeLoadUnsupported(NodeError):
-    pass
-
-
-class RateLimited(NodeError):
-    pass
-
-
-class HiddenCause(NodeError):
-    """The old prefixes turned a layer's answer into "Failed to convert error" every time
-    we asked: an expired token, the rate limit and an unserved method look alike there."""
-
-
-class BadResponse(NodeError):
-    pass
-
-
-class AlreadyLoaded(NodeError):
-    def __init__(self, message: str, name: str | None) -> None:
-        super().__init__(message)
-        self.name = name
-
-
-class NotLoaded(NodeError):
-    pass
-
-
-class Rejected(NodeError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -273,7 +273,8 @@ def test_no_cache_is_written_where_there_is_no_state_dir(ws):
 
 def test_a_configmap_volume_root_is_0777_but_read_only_and_accepted(ws):
     """The kubelet mounts ConfigMap volumes read-only with a 0777 root: not writable."""
-    from reconciler.configdir import Trust, UntrustedConfig
+    from reconciler.configdir import Trust
+    from reconciler.errors import UntrustedConfig
 
     ws.config("a.json5", name="a")
     os.chmod(ws.conf, 0o777)

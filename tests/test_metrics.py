@@ -14,9 +14,9 @@ import requests
 
 from reconciler import __version__
 from reconciler.auth import TokenFile
-from reconciler.errors import SettingsError
+from reconciler.errors import NodeUnreachable, SettingsError
 from reconciler.metrics import Metrics, MetricsServer
-from reconciler.node import NodeClient, NodeUnreachable
+from reconciler.node import NodeClient
 from tests.conftest import wait_for
 
 PROMTOOL = shutil.which("promtool")

@@ -7,17 +7,16 @@ import socket
 import pytest
 
 from reconciler.auth import StaticToken, TokenFile, TokenSource
-from reconciler.node import (
+from reconciler.errors import (
     AlreadyLoaded,
-    NodeClient,
     NodeUnreachable,
     NoPluginManager,
     NotLoaded,
-    Pacer,
     Rejected,
     RuntimeLoadUnsupported,
     Unauthorized,
 )
+from reconciler.node import NodeClient, Pacer
 
 
 def client(node, api="auto", auth=None, max_rps=0, **kw) -> NodeClient:
