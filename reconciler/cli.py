@@ -12,9 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import signal
 import sys
-import threading
 import traceback
 from dataclasses import replace
 from enum import StrEnum
@@ -30,7 +28,6 @@ from reconciler.options import (
     NoLibraryCheck,
     Output,
     OutputOpt,
-    PruneOpt,
     with_policy,
     with_settings,
 )
@@ -163,13 +160,14 @@ def _fleet(targets_file: Path, settings: Settings, job, output: Output, workers:
                            err=True)
 
         reports = fleet.run_together(targets, job, workers, on_done=progress)
+    from reconciler import render
+
     codes = [r.code for r in reports if r is not None]
+    rows: list[render.FleetRow] = [
+        (t.name, t.settings.shown_url, None if r is None else r.code,
+         None if r is None else r.data) for t, r in zip(targets, reports, strict=True)]
     if output is Output.json:
-        _emit({"format_version": 1, "targets": [
-            {"name": t.name, "node": t.settings.shown_url,
-             "exit_code": None if r is None else r.code,
-             "report": None if r is None else r.data} for t, r in zip(targets, reports,
-                                                                   strict=True)]})
+        _emit(render.fleet_json(rows))
     else:
         from reconciler.terminal import paint
 
@@ -179,7 +177,7 @@ def _fleet(targets_file: Path, settings: Settings, job, output: Output, workers:
             typer.echo(paint(f"== {target.name} ({target.settings.shown_url})"), color=True)
             _print(report, output)
             typer.echo("")
-        typer.echo(fleet.summary(targets, reports, lambda c: MEANING.get(c, str(c))))
+        typer.echo(render.fleet_summary(rows, MEANING))
     raise typer.Exit(fleet.most_severe(codes, SEVERITY))
 
 
@@ -277,7 +275,9 @@ def _plan_report(settings: Settings, policy, output: Output, detailed_exitcode: 
     kind = client.kind.value if client is not None and client.kind is not None else None
     data = render.plan_json(the_plan, shown, settings.network, kind, refused)
     if out is not None:
-        _save_plan(out, data, mark, settings, policy)
+        from reconciler import planfile
+
+        planfile.write(out, data, mark, settings.config_dir, policy)
     code = OK
     if the_plan.invalid or the_plan.blocked:
         code = ERROR
@@ -297,28 +297,6 @@ def _read_live(path: Path) -> list[str]:
         raise SettingsError(f"--live-from {path} must hold a JSON array of plugin names, as "
                             "GET /slipstream/plugins returns it")
     return names
-
-
-def _save_plan(path: Path, body: dict, mark: str, settings: Settings, policy) -> None:
-    from reconciler.ledgerstore import atomic_write
-
-    saved = {**body, "fingerprint": mark, "config_dir": str(settings.config_dir.absolute()),
-             "policy": {"prune": policy.prune.value, "allow_empty": policy.allow_empty,
-                        "max_unloads": policy.max_unloads}}
-    try:
-        atomic_write(path, json.dumps(saved, indent=2).encode() + b"\n")
-    except OSError as exc:
-        raise SettingsError(f"cannot write the plan to {path}: {exc.strerror}") from None
-
-
-def _load_saved_plan(path: Path) -> dict:
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("format_version") != 1 or "fingerprint" not in saved:
-            raise ValueError("not a plan saved by `plan --out`")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise SettingsError(f"--plan {path}: {exc}") from None
-    return saved
 
 
 # -- apply ------------------------------------------------------------------------------
@@ -349,19 +327,16 @@ def apply(
     did not converge (a failed action, an invalid file, a failed replace); 1 the pass could
     not run. With --targets: target by target, stopping at the first that fails.
     """
-    from reconciler.options import build_policy
-
     expect = None
     if plan_file is not None:
+        from reconciler import planfile
+
         if targets is not None:
             raise SettingsError("--plan applies one node's saved plan; not with --targets")
-        saved = _load_saved_plan(plan_file)
-        expect = saved["fingerprint"]
-        settings = replace(settings, config_dir=Path(saved["config_dir"]))
-        kept = saved.get("policy", {})
-        policy = build_policy(PruneOpt(kept.get("prune", policy.prune.value)),
-                              bool(kept.get("allow_empty", policy.allow_empty)),
-                              kept.get("max_unloads", policy.max_unloads))
+        saved = planfile.read(plan_file)
+        expect = saved.fingerprint
+        settings = replace(settings, config_dir=saved.config_dir)
+        policy = saved.policy  # the plan was made under this policy; it is applied under it
     job = functools.partial(_apply_report, policy=policy, output=output,
                             detailed_exitcode=detailed_exitcode)
     if targets is not None:
@@ -622,65 +597,26 @@ def node(
 
     SIGUSR1 restarts it (run-time plugins are forgotten, as on a real restart).
     """
-    import ssl
+    from reconciler.refnode import Faults, NodeOptions, StartupError, decode_secret
+    from reconciler.refnode.serve import rest_address, serve
 
-    from reconciler.refnode import Faults, NodeOptions, RefNode, StartupError, decode_secret
-
-    host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit():
-        raise SettingsError(f"--rest must be HOST:PORT, not {rest!r}")
+    host, port = rest_address(rest)
     try:
-        options = NodeOptions(
-            host=host.strip("[]"), port=int(port), network=network,
-            jwt_secret=decode_secret(jwt_secret) if jwt_secret else None,
-            jwt_timestamp=jwt_timestamp, nojwt=nojwt,
-            slipstream_configs=[str(p) for p in slipstream_config or []], rest_rps=rest_rps,
-            data_dir=data_dir,
-            faults=Faults(fault_latency_ms, fault_error_rate, fault_drop_rate, fault_seed,
-                          fault_load_delay),
-            slipstream=not no_slipstream, runtime_loading=not no_runtime_loading,
-            api_v2=not no_v2, v1_http_code_suffix=v1_http_code_suffix,
-            root=str(root) if root else None,
-            tls_cert=str(tls_cert) if tls_cert else None,
-            tls_key=str(tls_key) if tls_key else None)
-        refnode = RefNode(options).start()
-    except (StartupError, OSError, ssl.SSLError) as exc:
+        secret = decode_secret(jwt_secret) if jwt_secret else None
+    except StartupError as exc:
         raise SettingsError(f"the reference node could not start: {exc}") from None
-    stop = threading.Event()
-    restart = threading.Event()
-
-    def on_restart(*_):
-        restart.set()
-        stop.set()
-
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGUSR1, on_restart)
-    _announce(refnode)
-    while True:
-        stop.wait()
-        if not restart.is_set():
-            break
-        restart.clear()
-        stop.clear()
-        refnode.restart()
-        _announce(refnode)
-    refnode.stop()
-
-
-def _announce(refnode) -> None:
-    if not refnode.options.slipstream:
-        manager = "built without the Slipstream plugin API"
-    elif refnode.manager is None:
-        manager = "no plugin manager"
-    else:
-        manager = f"{len(refnode.manager.names())} start-up plugin(s)"
-    typer.echo(f"reference node listening on {refnode.url} ({refnode.options.network}, "
-               f"{manager})", err=True)
-    if not refnode.options.nojwt:
-        # snarkOS prints this line; so does its stand-in. The reconciler never prints tokens.
-        typer.echo(f"Your one-time JWT token is {refnode.token}", err=True)
-    sys.stderr.flush()
+    serve(NodeOptions(
+        host=host, port=port, network=network, jwt_secret=secret,
+        jwt_timestamp=jwt_timestamp, nojwt=nojwt,
+        slipstream_configs=[str(p) for p in slipstream_config or []], rest_rps=rest_rps,
+        data_dir=data_dir,
+        faults=Faults(fault_latency_ms, fault_error_rate, fault_drop_rate, fault_seed,
+                      fault_load_delay),
+        slipstream=not no_slipstream, runtime_loading=not no_runtime_loading,
+        api_v2=not no_v2, v1_http_code_suffix=v1_http_code_suffix,
+        root=str(root) if root else None,
+        tls_cert=str(tls_cert) if tls_cert else None,
+        tls_key=str(tls_key) if tls_key else None))
 
 
 def main() -> None:

@@ -133,18 +133,3 @@ def most_severe(codes: list[int], order: tuple[int, ...]) -> int:
         if code in codes:
             return code
     return max(codes, default=0)
-
-
-def summary(targets: list[Target], reports: list[Report | None],
-            meaning: Callable[[int], str]) -> str:
-    rows = [("TARGET", "NODE", "EXIT", "RESULT")]
-    for target, report in zip(targets, reports, strict=True):
-        if report is None:
-            rows.append((target.name, target.settings.shown_url, "-", "skipped (an earlier "
-                         "target failed; --keep-going to go on)"))
-        else:
-            rows.append((target.name, target.settings.shown_url, str(report.code),
-                         meaning(report.code)))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}".rstrip()
-                     for a, b, c, d in rows)

@@ -224,3 +224,27 @@ def _ago(seconds: float) -> str:
     if seconds < 7200:
         return f"{round(seconds / 60)} min"
     return f"{round(seconds / 3600)} h"
+
+
+# -- a fleet: one row per target ----------------------------------------------------------
+# (name, node URL as shown, exit code or None when skipped, the target's JSON report)
+FleetRow = tuple[str, str, int | None, dict[str, object] | None]
+
+
+def fleet_json(rows: list[FleetRow]) -> dict[str, object]:
+    return {"format_version": FORMAT_VERSION, "targets": [
+        {"name": name, "node": node, "exit_code": code, "report": data}
+        for name, node, code, data in rows]}
+
+
+def fleet_summary(rows: list[FleetRow], meaning: dict[int, str]) -> str:
+    table = [("TARGET", "NODE", "EXIT", "RESULT")]
+    for name, node, code, _ in rows:
+        if code is None:
+            table.append((name, node, "-", "skipped (an earlier target failed; --keep-going "
+                                           "to go on)"))
+        else:
+            table.append((name, node, str(code), meaning.get(code, str(code))))
+    widths = [max(len(r[i]) for r in table) for i in range(3)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}".rstrip()
+                     for a, b, c, d in table)
