@@ -19,17 +19,16 @@ import logging
 import os
 import stat
 import time
-import warnings
 from pathlib import Path
 
 from reconciler.errors import SettingsError
+from reconciler.snarkos import mint_token
 
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "SLIPSTREAM_JWT_TOKEN"
 CREDENTIAL_NAME = "jwt-secret"
 TOKEN_CREDENTIAL_NAME = "jwt-token"
-TEN_YEARS = 10 * 365 * 24 * 3600
 
 
 class TokenSource:
@@ -103,14 +102,7 @@ class SecretFile(TokenSource):
         self._token = self._mint()
 
     def _mint(self) -> str:
-        import jwt  # only here: a token file or variable needs no JWT library (18 ms)
-
-        now = int(time.time())
-        claims = {"sub": "slipstream-reconciler", "iat": now, "exp": now + TEN_YEARS}
-        with warnings.catch_warnings():
-            # snarkOS's secret is 16 bytes by design; pyjwt's advice does not apply.
-            warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
-            return jwt.encode(claims, self._secret, algorithm="HS256")
+        return mint_token(self._secret, "slipstream-reconciler", int(time.time()))
 
     def token(self) -> str | None:
         return self._token

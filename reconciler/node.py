@@ -37,7 +37,9 @@ from reconciler.errors import (
     RuntimeLoadUnsupported,
     Unauthorized,
 )
+from reconciler.gcra import next_slot
 from reconciler.settings import mask_url
+from reconciler.snarkos import api_prefix
 
 MAX_BODY = 4 << 20
 # The node's own texts for a load that failed because of the plugin (its config or its
@@ -151,10 +153,8 @@ class Pacer:
         if not self._interval:
             return
         with self._lock:
-            now = self._clock()
-            tat = max(self._tat, now)
-            delay = tat - self._tolerance - now
-            self._tat = tat + self._interval
+            delay, self._tat = next_slot(self._tat, self._clock(), self._interval,
+                                         self._tolerance)
         if delay > 0:
             self._sleep(delay)
 
@@ -201,7 +201,7 @@ class NodeClient:
         self.pacer = Pacer(max_rps)
         self.patience = rate_limit_patience
         self._sleep = sleep
-        self._v2, self._old = f"/v2/{network}", f"/{network}"
+        self._v2, self._old = api_prefix("v2", network), api_prefix("", network)
         self._prefix: str | None = {"v2": self._v2, "v1": self._old}.get(api)
         self.kind: NodeKind | None = None
         self._runtime_loading: bool | None = None

@@ -8,10 +8,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from reconciler.errors import SettingsError
+from reconciler.snarkos import NETWORKS
 
 DEFAULT_CONFIG_DIR = "/etc/slipstream/plugins.d"
 DEFAULT_NODE_URL = "http://127.0.0.1:3030"
-NETWORKS = ("mainnet", "testnet", "canary")
 APIS = ("auto", "v2", "v1")
 
 

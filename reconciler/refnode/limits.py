@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+
+from reconciler.gcra import next_slot
 
 
 class RateLimiter:
-    def __init__(self, rps: float, clock=time.monotonic) -> None:
+    def __init__(self, rps: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._interval = 1.0 / rps if rps > 0 else 0.0
         self._tolerance = self._interval * (max(1, round(rps)) - 1) if rps > 0 else 0.0
         self._clock = clock
@@ -29,9 +32,9 @@ class RateLimiter:
             return 0.0
         now = self._clock()
         with self._lock:
-            tat = max(self._tat.get(client, now), now)
-            wait = tat - self._tolerance - now
+            wait, tat = next_slot(self._tat.get(client, now), now, self._interval,
+                                  self._tolerance)
             if wait > 0:
                 return wait
-            self._tat[client] = tat + self._interval
+            self._tat[client] = tat
             return 0.0

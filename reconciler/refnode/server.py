@@ -44,13 +44,12 @@ from reconciler.refnode.plugins import (
     PluginManagerError,
     PluginNotLoaded,
 )
+from reconciler.snarkos import API_VERSIONS, NETWORKS, mint_token
 
 # A well-known development address; the node's real one comes from its private key.
 DEFAULT_ADDRESS = "aleo1rhgdu77hgyqd3xjj8ucu3jj9r2krwz6mnzyd80gncr5fxcwlh5rsvzp9px"
-NETWORKS = ("mainnet", "testnet", "canary")
 BODY_LIMIT = 2 * 768 * 1024  # DefaultBodyLimit::max(2 * 768 * 1024)
 READ_CAP = 64 << 20  # bodies larger than this are not read at all; the connection closes
-TEN_YEARS = 10 * 365 * 24 * 3600
 JWT_LEEWAY = 60  # jsonwebtoken's Validation::new default
 BLOCK_SECONDS = 3.0  # the simulated chain's block time, for /block/height/latest
 TEXT = "text/plain; charset=utf-8"
@@ -58,7 +57,6 @@ TEXT = "text/plain; charset=utf-8"
 CORS_HEADERS = (("access-control-allow-origin", "*"),
                 ("vary", "origin, access-control-request-method, "
                          "access-control-request-headers"))
-PREFIXES = ("", "v1", "v2")
 I64 = (-(1 << 63), (1 << 63) - 1)
 
 
@@ -248,16 +246,13 @@ class RefNode:
         if options.jwt_secret is None:
             self.secret = os.urandom(16)
         iat = options.jwt_timestamp or int(time.time())
-        claims = {"sub": options.address, "iat": iat, "exp": iat + TEN_YEARS}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
-            self.token = jwt.encode(claims, self.secret, algorithm="HS256")
+        self.token = mint_token(self.secret, options.address, iat)
         if self.token_file is not None:
             # std::fs::write: created with 0666 & ~umask, truncated in place on a rewrite
             # (so a mode an operator set is kept), and not atomic.
             self.token_file.parent.mkdir(parents=True, exist_ok=True)
             self.token_file.write_text(self.token)
-        self.limiters = {prefix: RateLimiter(options.rest_rps) for prefix in PREFIXES}
+        self.limiters = {prefix: RateLimiter(options.rest_rps) for prefix in API_VERSIONS}
         if not options.slipstream_configs:
             self.manager = None
             return
