@@ -14,10 +14,11 @@ import json
 import logging
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeAlias
 
 import typer
 
@@ -32,6 +33,13 @@ from reconciler.options import (
     with_settings,
 )
 from reconciler.settings import Settings, default_state_dir
+
+if TYPE_CHECKING:
+    from reconciler.fleet import Report, Target
+    from reconciler.outcome import Outcome
+    from reconciler.plan import Policy
+
+    Job: TypeAlias = Callable[[Settings], Report]
 
 OK, ERROR, CHANGES, NOT_CONVERGED = 0, 1, 2, 3
 # `run` only: a settings error at start-up is not a crash. 78 is sysexits' EX_CONFIG; the
@@ -51,13 +59,14 @@ _debug = {"on": False}
 log = logging.getLogger("slipstream-reconciler")
 
 
-def guarded(command=None, *, settings_code: int = ERROR):
+def guarded(command: Callable[..., Any] | None = None, *,
+            settings_code: int = ERROR) -> Callable[..., Any]:
     """Operator-readable errors instead of tracebacks, with a stable exit code."""
     if command is None:
         return functools.partial(guarded, settings_code=settings_code)
 
     @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except typer.Exit:
@@ -81,7 +90,7 @@ def guarded(command=None, *, settings_code: int = ERROR):
     return wrapper
 
 
-def _emit(value: dict) -> None:
+def _emit(value: dict[str, Any]) -> None:
     typer.echo(json.dumps(value, indent=2))
 
 
@@ -114,7 +123,7 @@ MEANING = {OK: "ok", CHANGES: "changes / out of sync", NOT_CONVERGED: "did not c
            ERROR: "error"}
 
 
-def _print(report, output: Output) -> None:
+def _print(report: Report, output: Output) -> None:
     from reconciler.terminal import colour_enabled, paint
 
     text = output is Output.text  # JSON escapes control characters by itself
@@ -125,12 +134,12 @@ def _print(report, output: Output) -> None:
                    color=True)
 
 
-def _show(report, output: Output) -> None:
+def _show(report: Report, output: Output) -> NoReturn:
     _print(report, output)
     raise typer.Exit(report.code)
 
 
-def _fleet(targets_file: Path, settings: Settings, job, output: Output, workers: int = 4,
+def _fleet(targets_file: Path, settings: Settings, job: Job, output: Output, workers: int = 4,
            in_order: bool = False, keep_going: bool = False) -> None:
     from reconciler import fleet
 
@@ -138,22 +147,24 @@ def _fleet(targets_file: Path, settings: Settings, job, output: Output, workers:
     if in_order:  # each target's header, progress and outcome together, as they happen
         from reconciler.terminal import paint
 
-        def header(target) -> None:
+        def header(target: Target) -> None:
             if output is Output.text:
                 typer.echo(paint(f"== {target.name} ({target.settings.shown_url})"),
                            color=True)
 
-        def outcome(target, report) -> None:
+        def outcome(target: Target, report: Report) -> None:
             if output is Output.text:
                 _print(report, output)
                 typer.echo("")
 
-        reports = fleet.run_in_order(targets, job, keep_going, lambda code: code in (
-            ERROR, NOT_CONVERGED), before=header, after=outcome)
+        reports: Sequence[Report | None] = fleet.run_in_order(
+            targets, job, keep_going, lambda code: code in (ERROR, NOT_CONVERGED),
+            before=header, after=outcome)
     else:
-        done = []
+        done: list[str] = []
 
-        def progress(target, report) -> None:  # a fleet takes a while: say so on a TTY
+        # a fleet takes a while: say so on a TTY
+        def progress(target: Target, report: Report) -> None:
             done.append(target.name)
             if sys.stderr.isatty():
                 typer.echo(f"  {len(done)}/{len(targets)} {target.name}: exit {report.code}",
@@ -181,7 +192,8 @@ def _fleet(targets_file: Path, settings: Settings, job, output: Output, workers:
     raise typer.Exit(fleet.most_severe(codes, SEVERITY))
 
 
-def _as_report(output: Output, code: int, text: str, data: dict, err=()):
+def _as_report(output: Output, code: int, text: str, data: dict[str, Any],
+               err: Sequence[str] = ()) -> Report:
     from reconciler.fleet import Report
 
     out = [json.dumps(data, indent=2)] if output is Output.json else [text]
@@ -212,7 +224,7 @@ def validate(settings: Settings, no_library_check: NoLibraryCheck = False,
     _show(job(settings), output)
 
 
-def _validate_report(settings: Settings, no_library_check: bool, output: Output):
+def _validate_report(settings: Settings, no_library_check: bool, output: Output) -> Report:
     from reconciler import render
     from reconciler.configdir import DirectoryReader, Trust
 
@@ -229,7 +241,7 @@ def _validate_report(settings: Settings, no_library_check: bool, output: Output)
 @with_settings
 @with_policy
 def plan(
-    settings: Settings, policy, output: OutputOpt = Output.text,
+    settings: Settings, policy: Policy, output: OutputOpt = Output.text,
     detailed_exitcode: DetailedExit = False, no_library_check: NoLibraryCheck = False,
     live_from: Annotated[Path | None, typer.Option(
         "--live-from", help="Plan against a saved JSON array of live plugin names instead of "
@@ -261,8 +273,8 @@ def plan(
     _show(_plan_report(settings, policy, output, detailed_exitcode, live_from, out), output)
 
 
-def _plan_report(settings: Settings, policy, output: Output, detailed_exitcode: bool,
-                 live_from: Path | None = None, out: Path | None = None):
+def _plan_report(settings: Settings, policy: Policy, output: Output, detailed_exitcode: bool,
+                 live_from: Path | None = None, out: Path | None = None) -> Report:
     from reconciler import render
     from reconciler.apply import Reconciler
 
@@ -305,7 +317,7 @@ def _read_live(path: Path) -> list[str]:
 @with_settings
 @with_policy
 def apply(
-    settings: Settings, policy, output: OutputOpt = Output.text,
+    settings: Settings, policy: Policy, output: OutputOpt = Output.text,
     detailed_exitcode: DetailedExit = False,
     plan_file: Annotated[Path | None, typer.Option(
         "--plan", help="Apply a plan saved by `plan --out`; refused if anything changed "
@@ -344,8 +356,8 @@ def apply(
     _show(job(settings, expect=expect), output)
 
 
-def _apply_report(settings: Settings, policy, output: Output, detailed_exitcode: bool,
-                  expect: str | None = None):
+def _apply_report(settings: Settings, policy: Policy, output: Output, detailed_exitcode: bool,
+                  expect: str | None = None) -> Report:
     from reconciler import render
     from reconciler.apply import Reconciler
     from reconciler.terminal import paint
@@ -359,7 +371,7 @@ def _apply_report(settings: Settings, policy, output: Output, detailed_exitcode:
         typer.echo("waiting for the pass in flight (the daemon or another apply) to finish…",
                    err=True)
 
-    def progress(outcome) -> None:
+    def progress(outcome: Outcome) -> None:
         if text:  # flushed line by line only where a person watches: 1000 loads, 1000 writes
             sys.stdout.write(paint(render.outcome_line(outcome, directory)) + "\n")
             if live:
@@ -393,7 +405,7 @@ def _apply_report(settings: Settings, policy, output: Output, detailed_exitcode:
 @guarded
 @with_settings
 @with_policy
-def status(settings: Settings, policy, output: OutputOpt = Output.text,
+def status(settings: Settings, policy: Policy, output: OutputOpt = Output.text,
            targets: TargetsOpt = None, workers: WorkersOpt = 4) -> None:
     """Where each plugin stands: in-sync, pending-*, unmanaged, invalid, stalled, …
 
@@ -411,7 +423,7 @@ def status(settings: Settings, policy, output: OutputOpt = Output.text,
     _show(job(settings), output)
 
 
-def _status_report(settings: Settings, policy, output: Output):
+def _status_report(settings: Settings, policy: Policy, output: Output) -> Report:
     from reconciler import render
     from reconciler.apply import Reconciler
     from reconciler.daemon import read_record, running
@@ -456,7 +468,7 @@ class LogFormat(StrEnum):
 @with_settings
 @with_policy
 def run(
-    settings: Settings, policy,
+    settings: Settings, policy: Policy,
     debounce: Annotated[float, typer.Option(
         "--debounce", envvar="SLIPSTREAM_DEBOUNCE",
         help="Quiet period after the last file event before a pass (seconds).")] = 0.25,

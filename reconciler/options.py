@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import typing
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -141,8 +140,11 @@ def build_policy(prune: PruneOpt, allow_empty: bool, max_unloads: int | None):
 def _injecting(target: str, spec: list[tuple[str, object, object]],
                build: Callable[..., object]) -> Callable:
     def decorate(command: Callable) -> Callable:
-        hints = typing.get_type_hints(command, include_extras=True)
-        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name))
+        # Only the command's own options are evaluated: the injected parameter's type
+        # (Policy) may be imported for the type checker alone.
+        raw = inspect.get_annotations(command)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY,
+                         annotation=_evaluate(raw.get(p.name), command))
                for p in inspect.signature(command).parameters.values() if p.name != target]
         shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                     annotation=annotation) for name, annotation, default in spec]
@@ -159,6 +161,13 @@ def _injecting(target: str, spec: list[tuple[str, object, object]],
         return wrapper
 
     return decorate
+
+
+def _evaluate(annotation: object, command: Callable) -> object:
+    """A string annotation (PEP 563) evaluated where the command was defined."""
+    if isinstance(annotation, str):
+        return eval(annotation, command.__globals__)
+    return annotation
 
 
 with_settings = _injecting("settings", SETTINGS, build_settings)

@@ -30,6 +30,7 @@ import time
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
+from email.message import Message
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -243,8 +244,7 @@ class RefNode:
         if not options.slipstream and options.slipstream_configs:
             # A build without the feature does not know the flag: clap refuses it.
             raise StartupError("error: unexpected argument '--slipstream-config' found")
-        if options.jwt_secret is None:
-            self.secret = os.urandom(16)
+        self.secret = options.jwt_secret if options.jwt_secret is not None else os.urandom(16)
         iat = options.jwt_timestamp or int(time.time())
         self.token = mint_token(self.secret, options.address, iat)
         if self.token_file is not None:
@@ -266,7 +266,7 @@ class RefNode:
         self.manager = manager
 
     # -- request handling (called from handler threads) ---------------------------
-    def handle(self, method: str, target: str, headers, body: bytes,
+    def handle(self, method: str, target: str, headers: Message, body: bytes,
                body_length: int | None = None, client: str = "127.0.0.1") -> Reply:
         """One request through the node's router and layers. body_length is the declared
         length when the body was too large to read (the extractor refuses it anyway)."""
@@ -308,7 +308,7 @@ class RefNode:
             return ("GET", "HEAD", "POST") if self.options.runtime_loading else ("GET", "HEAD")
         return ("DELETE",) if self.options.runtime_loading else ()
 
-    def _through_layers(self, route: _Route, method: str, headers, body: bytes,
+    def _through_layers(self, route: _Route, method: str, headers: Message, body: bytes,
                         body_length: int, client: str) -> Reply:
         wait = self.limiters[route.prefix].admit(client)
         if wait > 0:
@@ -331,7 +331,7 @@ class RefNode:
             return _no_manager()
         return Reply.json(200, self.manager.names(), pretty=True)
 
-    def _load(self, headers, body: bytes, body_length: int) -> Reply:
+    def _load(self, headers: Message, body: bytes, body_length: int) -> Reply:
         """`slipstream_load_plugin`: `Json<serde_json::Value>` first, then `config_file`,
         then the manager, then the load under its write lock."""
         if not _json_content_type(headers.get("Content-Type")):
@@ -357,11 +357,12 @@ class RefNode:
     def _unload(self, route: _Route) -> Reply:
         """`slipstream_unload_plugin`: snarkOS's own Path extractor, the manager, then
         the unload under the write lock."""
+        raw = route.name or b""
         try:
-            name = route.name.decode("utf-8")
+            name = raw.decode("utf-8")
         except UnicodeDecodeError:
             path = f"/{route.prefix + '/' if route.prefix else ''}{self.options.network}" \
-                   f"/slipstream/plugins/{_requote(route.name)}"
+                   f"/slipstream/plugins/{_requote(raw)}"
             return rest_error(400, "bad_request",
                               f'Invalid argument "name" in path "{path}": invalid UTF-8 in '
                               f"parameter", ("Invalid UTF-8 in `name`",))
@@ -416,7 +417,7 @@ class RefNode:
         for value in (exp, iat):
             if type(value) is not int or not I64[0] <= value <= I64[1]:
                 return False
-        return exp >= int(time.time()) - JWT_LEEWAY
+        return isinstance(exp, int) and exp >= int(time.time()) - JWT_LEEWAY
 
     def fault_for(self) -> str | None:
         """Draws this request's injected fault: 'drop', 'error' or None."""
@@ -517,10 +518,11 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     node: RefNode
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, address: tuple[str, int],
+                 handler: type[BaseHTTPRequestHandler]) -> None:
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        super().__init__(*args, **kwargs)
+        super().__init__(address, handler)
 
     def track(self, sock: socket.socket, alive: bool) -> None:
         with self._connections_lock:
@@ -555,14 +557,14 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             super().finish()
 
-    def log_message(self, format: str, *args) -> None:
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def _read_body(self) -> tuple[bytes, int | None]:
         """The whole body (Content-Length or chunked); a body over READ_CAP is left unread
         (its declared length returned) and the connection closed after the answer."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             total = 0
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
