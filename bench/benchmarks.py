@@ -63,6 +63,39 @@ def plan_vs_floor(n: int, rounds: int) -> list[str]:
         ws.close()
 
 
+def import_ms(argv: list[str], env: dict[str, str]) -> float:
+    """The whole import time of a process, from `python -X importtime`: the sum of the
+    top-level rows (each includes what it imported), in milliseconds."""
+    done = subprocess.run([sys.executable, "-X", "importtime", *argv], env=env,
+                          capture_output=True, text=True)
+    total = 0
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        _, cumulative, name = line.split("|")
+        if not name.startswith("  "):  # a top-level import: nested ones are inside it
+            total += int(cumulative)
+    return total / 1000
+
+
+def startup_imports(rounds: int) -> list[str]:
+    """7. What `apply` imports and sets up at start (an in-sync apply, so the pass itself
+    costs next to nothing), against a process that only imports requests."""
+    ws = Workspace(10)
+    try:
+        ws.cli("apply")
+        env = ws.env()
+        ours = [median([import_ms(["-m", "reconciler", command], env) for _ in range(rounds)])
+                for command in ("apply", "plan")]
+        floor = median([import_ms(["-c", "import requests"], env) for _ in range(rounds)])
+        over = max(ours) - floor
+        return [row("start-up imports (apply, plan)", f"{ours[0]:.0f} / {ours[1]:.0f} ms",
+                    f"{floor:.0f} ms (import requests)", max(ours) / floor,
+                    "<= 25 ms over", over <= 25)]
+    finally:
+        ws.close()
+
+
 def start_daemon(ws: Workspace, *args: str) -> subprocess.Popen:
     proc = subprocess.Popen([*CLI, "run", *args], env=ws.env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -17,6 +17,7 @@ from harness import HEADER
 def main() -> None:
     full = "--full" in sys.argv
     plan = [
+        (b.startup_imports, (7,)),
         (b.apply_vs_floor, (10, 7)), (b.apply_vs_floor, (100, 5)),
         (b.plan_vs_floor, (100, 7)),
         (b.event_to_applied, (200 if full else 60,)),
