@@ -314,7 +314,8 @@ class _Run:
             self._keep_copy(plugin)
             return Outcome(change, True, "already loaded: now managed", plugin.name,
                            loaded=plugin.name)
-        managed_elsewhere = self.store.current().entries.get(exc.name)
+        managed_elsewhere = (self.store.current().entries.get(exc.name)
+                             if exc.name is not None else None)
         if (plugin.name is None and exc.name in live and (
                 managed_elsewhere is None or managed_elsewhere.config_file == plugin.config_file)):
             # The node holds one plugin per library, and this file's library is loaded as
