@@ -11,10 +11,13 @@ manager) ends the pass, leaving the intent of the call in flight in the journal.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from types import TracebackType
+from urllib.parse import urlsplit
 
 from reconciler import nodepath
 from reconciler.auth import token_source
@@ -22,6 +25,7 @@ from reconciler.configdir import DirectoryReader, Trust
 from reconciler.desired import Desired, DesiredPlugin, Problem
 from reconciler.errors import (
     AlreadyLoaded,
+    LedgerError,
     NodeError,
     NotLoaded,
     Rejected,
@@ -48,7 +52,11 @@ class Snapshot:
 
 
 class Reconciler:
-    """The I/O edges (files, node, ledger) around the pure planner."""
+    """The I/O edges (files, node, ledger) around the pure planner.
+
+    A context manager: leaving it closes the node client's session and stops the
+    ledger's background thread, so that a fleet `apply` over N nodes does not keep N of
+    each. The daemon keeps one for its lifetime."""
 
     def __init__(self, settings: Settings, policy: Policy = Policy(),
                  reader: DirectoryReader | None = None, client: NodeClient | None = None,
@@ -59,9 +67,28 @@ class Reconciler:
                                                 cache_path=settings.state / "cache.json",
                                                 check_libraries=settings.check_libraries,
                                                 node_path=settings.node_path)
-        self.store = LedgerStore(settings.state)
+        self.store = LedgerStore(settings.state, sync_intents=not on_this_host(settings.node_url))
         self.live_override = live_override
         self._client = client
+        self._own_client = client is None  # one handed in is its owner's to close
+
+    def __enter__(self) -> Reconciler:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Idempotent, and never raises: it runs as a `with` ends, maybe on the way out
+        of another error. The client stays readable (its kind, its words) once closed."""
+        try:
+            self.store.close()
+        except LedgerError as exc:  # a rollback copy written after the last compaction
+            log.warning("%s", exc)
+        finally:
+            if self._own_client and self._client is not None:
+                self._client.close()
 
     @property
     def client(self) -> NodeClient:
@@ -115,6 +142,19 @@ class Reconciler:
                     self.store.compact()
             stopped = len(outcomes) < len(the_plan.changes)
             return PassResult(the_plan, outcomes, tuple(snap.live), snap.desired, stopped)
+
+
+def on_this_host(node_url: str) -> bool:
+    """Whether the node is reached on loopback, and so shares this host's power cuts
+    (which also clear its run-time plugins). Any other address, names included, counts
+    as another host: the ledger then syncs each intent before the call."""
+    host = urlsplit(node_url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def node_client(settings: Settings) -> NodeClient:
@@ -274,7 +314,8 @@ class _Run:
             self._keep_copy(plugin)
             return Outcome(change, True, "already loaded: now managed", plugin.name,
                            loaded=plugin.name)
-        managed_elsewhere = self.store.current().entries.get(exc.name)
+        managed_elsewhere = (self.store.current().entries.get(exc.name)
+                             if exc.name is not None else None)
         if (plugin.name is None and exc.name in live and (
                 managed_elsewhere is None or managed_elsewhere.config_file == plugin.config_file)):
             # The node holds one plugin per library, and this file's library is loaded as

@@ -280,9 +280,10 @@ def _plan_report(settings: Settings, policy: Policy, output: Output, detailed_ex
 
     live = _read_live(live_from) if live_from is not None else None
     reconciler = Reconciler(settings, policy, live_override=live)
-    the_plan, mark = reconciler.plan()
+    with reconciler:
+        the_plan, mark = reconciler.plan()
+        refused = reconciler.cannot_apply(the_plan)
     shown = settings.shown_url if live is None else f"(live state from {live_from})"
-    refused = reconciler.cannot_apply(the_plan)
     client = reconciler.client if live is None else None
     kind = client.kind.value if client is not None and client.kind is not None else None
     data = render.plan_json(the_plan, shown, settings.network, kind, refused)
@@ -377,7 +378,8 @@ def _apply_report(settings: Settings, policy: Policy, output: Output, detailed_e
             if live:
                 sys.stdout.flush()
 
-    result = reconciler.run_pass(expect, on_wait=waiting, on_outcome=progress)
+    with reconciler:  # closes its session and the ledger's thread: one per fleet target
+        result = reconciler.run_pass(expect, on_wait=waiting, on_outcome=progress)
     sys.stdout.flush()
     lines = []
     if result.plan.invalid or result.plan.blocked or not result.outcomes:
@@ -434,10 +436,11 @@ def _status_report(settings: Settings, policy: Policy, output: Output) -> Report
     holds = tuple(Hold(h["config_file"], h["config_sha256"], h["library_sha256"], h["reason"])
                   for h in (record or {}).get("holds", []) if alive)
     reconciler = Reconciler(settings, replace(policy, hold=holds))
-    the_plan, _ = reconciler.plan()
+    with reconciler:
+        the_plan, _ = reconciler.plan()
+        refused = reconciler.cannot_apply(the_plan)
     rows = statuses(the_plan)
     client = reconciler.client
-    refused = reconciler.cannot_apply(the_plan)
     prefix = client.prefix
     directory = str(settings.config_dir.absolute())
     meta = {"node": settings.shown_url, "network": settings.network, "api_prefix": prefix,

@@ -20,14 +20,19 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from reconciler import configparse, nodepath
+from reconciler.atomicfile import atomic_write
 from reconciler.desired import UNCHECKED, Desired, DesiredPlugin, Problem, is_config_name
 from reconciler.errors import ConfigDirError, UntrustedConfig
 
 MAX_CONFIG_BYTES = 1 << 20
 # Names the parse that made the cached config summaries; a new parse invalidates them.
 PARSE_VERSION = "configparse-1"
+# What validation needs of one config, as the cache file keeps it (JSON): {"type", "fields"}
+# or {"error": [message, line, column]}.
+Summary = dict[str, Any]
 
 
 def mounted_read_only(path: str) -> bool:
@@ -75,6 +80,10 @@ class DirectoryReader:
     read and hashed on every pass and so can never be stale; and library hashes by the
     library's stat identity. The daemon keeps one reader; with `cache_path` (in the state
     directory) the CLI's one-shot commands share the caches across runs too.
+
+    Every cache holds only what the last read used (its configs' digests, its
+    libraries): a daemon that reads a directory of changing files for months keeps as
+    many entries as the directory has files, not one per version ever seen.
     """
 
     def __init__(self, trust: Trust | None = None, cache_path: Path | None = None,
@@ -86,9 +95,10 @@ class DirectoryReader:
         self.node_path = node_path or (lambda path: path)
         self.check_libraries = check_libraries  # False: CI, where the .so files are absent
         self.cache_path = cache_path
-        self._summaries: dict[str, dict] = {}  # config sha256 -> what validation needs
-        self._full: dict[str, dict] = {}  # config sha256 -> parsed config, this process only
-        self._checked: dict[str, tuple | _Invalid] = {}  # sha256 -> (libpath, name) or why not
+        self._summaries: dict[str, Summary] = {}  # config sha256 -> what validation needs
+        self._full: dict[str, object] = {}  # config sha256 -> parsed config, this process only
+        # config sha256 -> (libpath, name), or why it is invalid
+        self._checked: dict[str, tuple[str, str | None] | _Invalid] = {}
         self._libraries: dict[str, tuple[tuple[int, ...], str]] = {}
         self._dirty = False
         self._load_cache()
@@ -107,21 +117,25 @@ class DirectoryReader:
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
             self._summaries, self._libraries = {}, {}  # a cache: rebuilt, never trusted
 
-    def _save_cache(self, used: set[str]) -> None:
+    def _forget_unused(self, used: set[str], libraries: set[str]) -> None:
+        """Keeps in every cache only what this read used."""
         self._summaries = {k: v for k, v in self._summaries.items() if k in used}
+        self._full = {k: v for k, v in self._full.items() if k in used}
+        self._checked = {k: v for k, v in self._checked.items() if k in used}
+        for path in [p for p in self._libraries if p not in libraries]:
+            del self._libraries[path]  # only what this read used is watched for rebuilds
+            self._dirty = True
+
+    def _save_cache(self) -> None:
         if self.cache_path is None or not self._dirty or not self.cache_path.parent.is_dir():
             return
         data = {"parse": PARSE_VERSION, "configs": self._summaries,
                 "libraries": {p: [*key, sha] for p, (key, sha) in self._libraries.items()}}
-        tmp = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.cache_path)
+        # A cache: a failed write (a full disk) costs a re-parse next time, nothing more.
+        with contextlib.suppress(OSError):
+            atomic_write(self.cache_path, json.dumps(data, separators=(",", ":")).encode(),
+                         durable=False)
             self._dirty = False
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
     def read(self, directory: Path | str) -> Desired:
         directory = os.path.abspath(directory)
@@ -151,11 +165,8 @@ class DirectoryReader:
                                         "after it is loaded; set `name` to make plans exact"))
             plugins.append(plugin)
         plugins, duplicates = _without_duplicates(plugins)
-        libraries = {p.libpath for p in plugins}
-        for path in [p for p in self._libraries if p not in libraries]:
-            del self._libraries[path]  # only what this read used is watched for rebuilds
-            self._dirty = True
-        self._save_cache(used)
+        self._forget_unused(used, {p.libpath for p in plugins})
+        self._save_cache()
         return Desired(directory, tuple(plugins), tuple(problems + duplicates), tuple(warnings))
 
     def _check_trust(self, directory: str, directory_stat: os.stat_result,
@@ -190,7 +201,7 @@ class DirectoryReader:
                                   "(--insecure-allow-writable is for development only)")
         return warnings
 
-    def parsed(self, config_sha256: str, path: str) -> dict | None:
+    def parsed(self, config_sha256: str, path: str) -> dict[str, Any] | None:
         """The whole parsed config with these bytes (for the copy kept for rollbacks):
         from memory, or read again from `path` while it still holds those bytes."""
         config = self._full.get(config_sha256)
@@ -211,18 +222,17 @@ class DirectoryReader:
         except _Invalid as bad:
             return Problem(path, *bad.problem)
 
-    def _summary(self, raw: bytes, digest: str) -> dict:
-        summary = self._summaries.get(digest)
-        if summary is not None:
-            return summary
+    def _summary(self, raw: bytes, digest: str) -> Summary:
+        cached = self._summaries.get(digest)
+        if cached is not None:
+            return cached
+        summary: Summary
         try:
             config = _parse(raw)
         except _Invalid as bad:
             summary = {"error": list(bad.problem)}
         else:
             if isinstance(config, dict):
-                if len(self._full) > 4096:
-                    self._full.clear()
                 self._full[digest] = config
                 summary = {"type": "object",
                            "fields": {k: config[k] for k in ("libpath", "name") if k in config}}
@@ -290,7 +300,7 @@ class DirectoryReader:
         return digest
 
 
-def _check(summary: dict) -> tuple[str, str | None]:
+def _check(summary: Summary) -> tuple[str, str | None]:
     """(libpath, name) from what validation needs of a config, or _Invalid."""
     if "error" in summary:
         raise _Invalid(*summary["error"])
@@ -374,7 +384,7 @@ def _without_duplicates(
     operator meant is not ours to guess, so both are invalid. "One library" is the node's
     rule, no more and no fewer: the joined paths' components are equal (`dir/./x.so` is
     `dir/x.so`; `dir/../dir/x.so` is not, though it is the same file: the node loads it)."""
-    names = Counter(p.name for p in plugins if p.name is not None)
+    names: Counter[str | None] = Counter(p.name for p in plugins if p.name is not None)
     keys = {id(p): p.library_key or nodepath.components(p.libpath) for p in plugins}
     libraries = Counter(keys.values())
     keep: list[DesiredPlugin] = []

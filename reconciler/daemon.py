@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reconciler.apply import Reconciler, node_client
+from reconciler.atomicfile import atomic_write
 from reconciler.errors import (
     ApiAbsent,
     ConfigDirError,
@@ -34,7 +35,6 @@ from reconciler.errors import (
     RuntimeLoadUnsupported,
     SettingsError,
 )
-from reconciler.ledgerstore import atomic_write
 from reconciler.metrics import Metrics, MetricsServer
 from reconciler.notify import Notifier
 from reconciler.outcome import Outcome, PassResult
@@ -189,6 +189,7 @@ class Daemon:
                 except Exception:  # the loop must outlive any bug in one pass
                     log.exception("internal error in a pass; retrying later")
                     self.trigger.retry_in(self.backoff.next())
+        self.reconciler.close()  # this thread owns it: its journal, its session
 
     def _pass(self, wake: Wake) -> None:
         started, t0 = time.time(), time.monotonic()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from reconciler.errors import ReconcilerError, SettingsError
 from reconciler.settings import Settings
@@ -38,7 +39,7 @@ class Report:
     code: int
     out: list[str] = field(default_factory=list)
     err: list[str] = field(default_factory=list)
-    data: dict | None = None
+    data: dict[str, Any] | None = None
 
 
 def read_targets(path: Path, base: Settings) -> list[Target]:
@@ -66,7 +67,8 @@ def read_targets(path: Path, base: Settings) -> list[Target]:
         for key in ("node_url", "config_dir"):
             if not isinstance(item.get(key), str):
                 raise SettingsError(f"{where} ({name}): `{key}` is required")
-        values = {k: (Path(v) if k in PATHS else v) for k, v in item.items() if k != "name"}
+        values: dict[str, Any] = {k: (Path(v) if k in PATHS else v)
+                                  for k, v in item.items() if k != "name"}
         values.setdefault("state_dir", base.state / "targets" / name)
         values.setdefault("jwt_token_file", None)
         values.setdefault("jwt_secret_file", None)

@@ -2,17 +2,26 @@
 
 On disk it is a snapshot (`ledger.json`, rewritten atomically once per pass) and an
 append-only journal (`ledger.journal`, one JSON line per event). The intent of every node
-call is journalled, and fsync'd, *before* the call: if the process dies between the call
+call is written to the journal *before* the call: if this process dies between the call
 and its record, replaying the intent still makes the plugin managed, so nothing is left
 that nobody manages. A journal costs one append per action, where rewriting the whole
 file after each of N loads would cost O(N^2).
+
+When the intent reaches the disk depends on where the node is. A node on another host
+keeps its plugins through a power cut of ours, so the intent is fsync'd before the call
+(`sync_intents`). A node on this host (loopback) loses its run-time plugins in the same
+power cut that would lose the flush, so there the intent is flushed by a background
+thread while the call is in flight, and the call does not wait for the disk; compact()
+waits for that flush.
 
 The journal opens with the generation of the snapshot it extends; after a compaction
 the snapshot's generation moves on, so a crash between the snapshot's rename and the
 journal's truncation replays nothing twice.
 
 A corrupt ledger is an error that names its path; it is never silently reset, since a
-reset would turn every managed plugin into an unmanaged one.
+reset would turn every managed plugin into an unmanaged one. A write that fails (a full
+disk) leaves the ledger as it was: every write is checked, a half-written journal line is
+cut off again, and the snapshot is replaced only by a complete, fsync'd file.
 """
 
 from __future__ import annotations
@@ -24,32 +33,41 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from reconciler.atomicfile import atomic_write, create, keep_owner, owner_of, reason, write_all
 from reconciler.errors import LedgerError
 from reconciler.ledger import FORMAT_VERSION, Entry, FailedReplace, Intent, Ledger
 
+Event = dict[str, Any]
+
 
 class LedgerStore:
-    """The ledger's files under the state directory, and the lock that serialises passes."""
+    """The ledger's files under the state directory, and the lock that serialises passes.
 
-    def __init__(self, state_dir: Path) -> None:
+    sync_intents: fsync each intent before the call it announces (a node on another
+    host); otherwise they are flushed during the call (see the module's docstring)."""
+
+    def __init__(self, state_dir: Path, sync_intents: bool = False) -> None:
         self.state_dir = Path(state_dir)
         self.snapshot_path = self.state_dir / "ledger.json"
         self.journal_path = self.state_dir / "ledger.journal"
         self.copies_dir = self.state_dir / "configs"
+        self.sync_intents = sync_intents
         self._entries: dict[str, Entry] = {}
         self._pending: dict[int, Intent] = {}
         self._generation = 0
         self._seq = 0
         self._journal_fd: int | None = None
+        self._journal_size = 0  # bytes of whole lines in the journal: where a torn one starts
         self._journal_current = False  # the journal on disk extends the snapshot we read
         self._background: _Background | None = None  # durability work, off the call path
 
     # -- reading ---------------------------------------------------------------
     def load(self) -> Ledger:
+        self._close_journal()  # read again from disk: appends go on from what it holds
         self._entries, self._pending, self._generation = {}, {}, 0
         snapshot = self._read_snapshot()
         if snapshot is not None:
@@ -67,7 +85,7 @@ class LedgerStore:
     def current(self) -> Ledger:
         return Ledger.of(list(self._entries.values()), tuple(self._pending.values()))
 
-    def _read_snapshot(self) -> dict | None:
+    def _read_snapshot(self) -> dict[str, Any] | None:
         try:
             text = self.snapshot_path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -83,7 +101,8 @@ class LedgerStore:
                 raise ValueError("missing generation or entries")
         except (ValueError, AttributeError) as exc:
             raise LedgerError(_corrupt(self.snapshot_path, str(exc))) from None
-        return data
+        snapshot: dict[str, Any] = data
+        return snapshot
 
     def _replay_journal(self) -> None:
         self._journal_current = False
@@ -95,8 +114,10 @@ class LedgerStore:
             raise LedgerError(f"cannot read the ledger journal {self.journal_path}: "
                               f"{exc.strerror}") from None
         lines = raw.split(b"\n")
-        if lines and lines[-1]:
-            lines.pop()  # a torn last write from a crash: the call it announced never ran
+        # A torn last write from a crash: the call it announced never ran. Appends start
+        # where it starts, or they would join it into a line that is not JSON.
+        torn = lines.pop()
+        self._journal_size = len(raw) - len(torn)
         events = []
         for number, line in enumerate(lines, 1):
             if not line:
@@ -114,9 +135,9 @@ class LedgerStore:
         for event in events[1:]:
             self._apply_event(event)
 
-    def _apply_event(self, event: dict[str, Any]) -> None:
+    def _apply_event(self, event: Event) -> None:
         op = event.get("op")
-        seq = event.get("seq")
+        seq: Any = event.get("seq")  # an int, or None for events no intent announced
         try:
             if op == "intent":
                 intent = _intent(event, self.journal_path)
@@ -148,11 +169,13 @@ class LedgerStore:
     def record_intent(self, action: str, name: str | None, config_file: str | None,
                       config_sha256: str | None = None, library_sha256: str | None = None,
                       libpath: str | None = None) -> int:
+        """Journals a node call about to be made. Raises LedgerError (and the call must
+        not be made) when it cannot be written."""
         seq, self._seq = self._seq, self._seq + 1
         intent = Intent(seq, action, name, config_file, config_sha256, library_sha256,
                         libpath, time.time())
         event = {"op": "intent", **_plain(intent)}
-        self._append(event, durable=True)
+        self._append(event, durable=True, more="; the node was not called")
         self._apply_event(event)
         return seq
 
@@ -166,45 +189,84 @@ class LedgerStore:
         """The call announced by intent `seq` is known not to have changed anything."""
         self._write({"op": "settle", "seq": seq})
 
-    def _write(self, event: dict) -> None:
+    def _write(self, event: Event) -> None:
         # Not fsync'd: the intent before it already is, and replaying an intent errs on
         # the side of managing the plugin. compact() makes everything durable.
         self._append(event, durable=False)
         self._apply_event(event)
 
-    def _append(self, event: dict, durable: bool) -> None:
-        if self._journal_fd is None:
-            self._open_journal()
+    def _append(self, event: Event, durable: bool, more: str = "") -> None:
         line = json.dumps(event, separators=(",", ":")).encode() + b"\n"
-        os.write(self._journal_fd, line)  # before the call: a crash of ours cannot lose it
-        if durable:
-            # Flushed to disk while the node call is in flight, not before it: the window
-            # left to a power cut is that one call (a same-host node forgets its run-time
-            # plugins on a power cut anyway). compact() waits for it.
-            self._worker.sync(self._journal_fd)
+        fd = self._journal_fd if self._journal_fd is not None else self._open_journal(more)
+        try:
+            write_all(fd, line)  # before the call: a crash of ours cannot lose it
+            if durable and self.sync_intents:
+                os.fdatasync(fd)  # a node on another host outlives our power cut
+        except OSError as exc:
+            self._cut_back(fd)
+            raise self._cannot_write(self.journal_path, exc, more) from None
+        self._journal_size += len(line)
+        if durable and not self.sync_intents:
+            # A node on this host: flushed while the call is in flight (module docstring).
+            self._worker.sync(fd, self.journal_path)
 
-    def _open_journal(self) -> None:
+    def _cut_back(self, fd: int) -> None:
+        """After a failed append: the journal ends with its last whole line again. If even
+        that fails, the journal is closed; load() reads it again, torn line and all."""
+        try:
+            os.ftruncate(fd, self._journal_size)
+        except OSError:
+            self._close_journal()
+
+    def _open_journal(self, more: str) -> int:
         self._ensure_dir()
-        fd = _create(self.journal_path, os.O_WRONLY | os.O_APPEND)
-        if not self._journal_current:
-            os.ftruncate(fd, 0)  # a stale or torn journal: appending would hide our events
-        if os.fstat(fd).st_size == 0:
-            begin = {"op": "begin", "generation": self._generation}
-            os.write(fd, json.dumps(begin).encode() + b"\n")
+        try:
+            fd = create(self.journal_path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            raise self._cannot_write(self.journal_path, exc, more) from None
+        try:
+            # A stale journal (or a torn last line) would hide the events appended to it.
+            if self._journal_current:
+                os.ftruncate(fd, self._journal_size)
+            else:
+                os.ftruncate(fd, 0)
+                begin = json.dumps({"op": "begin", "generation": self._generation}).encode()
+                write_all(fd, begin + b"\n")
+                self._journal_size, self._journal_current = len(begin) + 1, True
+        except OSError as exc:
+            if not self._journal_current:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)  # no begin line: the next open writes it again
+            os.close(fd)
+            raise self._cannot_write(self.journal_path, exc, more) from None
         self._journal_fd = fd
+        return fd
+
+    def _close_journal(self) -> None:
+        if self._journal_fd is not None:
+            if self._background is not None:
+                self._background.wait()  # it may be flushing this descriptor
+            os.close(self._journal_fd)
+            self._journal_fd = None
+
+    def _cannot_write(self, path: Path, exc: OSError, more: str = "") -> LedgerError:
+        """The operator's message for a failed ledger write, which left the ledger as it
+        was: on a full disk, which file system to free space on."""
+        return LedgerError(f"cannot write the ledger {path}: {reason(exc, path)} "
+                           f"(the ledger is unchanged){more}")
 
     # -- copies of applied configs (what a failed replace rolls back to) -------------
     def copy_path(self, config_sha256: str) -> Path:
         return self.copies_dir / f"{config_sha256}.json"
 
-    def save_copy(self, config_sha256: str, config: dict) -> None:
+    def save_copy(self, config_sha256: str, config: dict[str, Any]) -> None:
         """Kept private (0600 in a 0700 folder): plugin configs may hold passwords."""
         path = self.copy_path(config_sha256)
         if path.exists():
             return
         if not self.copies_dir.is_dir():
             self.copies_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _keep_owner(self.copies_dir)
+            keep_owner(self.copies_dir)
         # Off the critical path, and not fsync'd: a copy lost to a power cut only means
         # no rollback for that config (and a same-host node lost its plugins anyway).
         self._worker.write(path, json.dumps(config, indent=1).encode() + b"\n")
@@ -218,10 +280,11 @@ class LedgerStore:
     def _settle_background(self) -> None:
         if self._background is None:
             return
-        error = self._background.settle()
-        if error is not None:
-            raise LedgerError(f"cannot write to the state directory {self.state_dir}: "
-                              f"{error.strerror}")
+        failed = self._background.settle()
+        if failed is not None:
+            path, exc = failed
+            raise LedgerError(f"cannot write {path}: {reason(exc, path)} (the ledger is "
+                              "unchanged)")
 
     def _prune_copies(self) -> None:
         referenced = {f"{e.config_sha256}.json" for e in self._entries.values()}
@@ -237,36 +300,44 @@ class LedgerStore:
         return self._journal_fd is not None
 
     def compact(self) -> None:
-        """Folds the journal into a new snapshot: temp file, fsync, rename, fsync dir."""
+        """Folds the journal into a new snapshot: temp file, fsync, rename, fsync dir.
+        When that fails (a full disk), the previous snapshot and the journal stay as they
+        were, and together they still say everything: nothing is lost."""
         self._settle_background()
         self._ensure_dir()
-        self._generation += 1
         data = {
             "format_version": FORMAT_VERSION,
-            "generation": self._generation,
+            "generation": self._generation + 1,
             "entries": [_plain(e) for e in sorted(self._entries.values(), key=lambda e: e.name)],
             "pending": [_plain(i) for i in self._pending.values()],
         }
-        _atomic_write(self.snapshot_path, json.dumps(data, indent=1).encode() + b"\n")
-        if self._journal_fd is not None:
-            os.close(self._journal_fd)
-            self._journal_fd = None
+        try:
+            atomic_write(self.snapshot_path, json.dumps(data, indent=1).encode() + b"\n")
+        except OSError as exc:
+            raise self._cannot_write(self.snapshot_path, exc, "; its journal keeps this "
+                                     "pass's records") from None
+        self._generation += 1
+        self._close_journal()
         with contextlib.suppress(FileNotFoundError):
             os.truncate(self.journal_path, 0)
-        self._journal_current = False
+        self._journal_current, self._journal_size = False, 0
         self._prune_copies()
 
     def close(self) -> None:
-        self._settle_background()
-        if self._journal_fd is not None:
-            os.close(self._journal_fd)
-            self._journal_fd = None
+        """Waits for the background writes, stops their thread, closes the journal."""
+        try:
+            self._settle_background()
+        finally:
+            if self._background is not None:
+                self._background.stop()
+                self._background = None
+            self._close_journal()
 
     @contextlib.contextmanager
-    def lock(self, on_wait=None) -> Iterator[None]:
+    def lock(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """One pass at a time, across processes: `apply` waits for the daemon's pass."""
         self._ensure_dir()
-        fd = _create(self.state_dir / "lock", os.O_RDWR)
+        fd = create(self.state_dir / "lock", os.O_RDWR)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -280,7 +351,7 @@ class LedgerStore:
             yield
         finally:
             with contextlib.suppress(OSError):
-                repair_ownership(self.state_dir)  # what others wrote meanwhile (the cache)
+                repair_ownership(self.state_dir)  # what others wrote meanwhile
             os.close(fd)  # releases the lock
 
     def _ensure_dir(self) -> None:
@@ -291,47 +362,12 @@ class LedgerStore:
                               f"{exc.strerror}; set --state-dir") from None
 
 
-# -- ownership: root beside the service --------------------------------------------
-# The service runs as its own (dynamic) user and owns the state directory. An operator's
-# `apply` as root works on the same files, under the same lock; every file it creates is
-# handed to the directory's owner, so the service can read and append to it afterwards.
-# Root needs no permission bits to read them. Files left root-owned by an older version
-# are repaired the next time root takes the lock.
-
-def _owner_of(directory: Path) -> tuple[int, int] | None:
-    """(uid, gid) to give new files in directory, or None when ours are right already."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        st = os.stat(directory)
-    except OSError:
-        return None
-    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
-
-
-def _create(path: Path, flags: int) -> int:
-    fd = os.open(path, flags | os.O_CREAT, 0o600)
-    owner = _owner_of(path.parent)
-    if owner is not None:
-        try:
-            os.fchown(fd, *owner)
-        except OSError:
-            os.close(fd)
-            raise
-    return fd
-
-
-def _keep_owner(path: Path) -> None:
-    owner = _owner_of(path.parent)
-    if owner is not None:
-        os.chown(path, *owner, follow_symlinks=False)
-
-
 def repair_ownership(state_dir: Path) -> None:
     """As root, under the lock (on taking it and on leaving it): any file in the state
     directory (and its copies folder) not owned by the directory's owner is given back to
-    it. Costs one scandir when not root: nothing at all."""
-    owner = _owner_of(state_dir)
+    it; files left root-owned by an older version are repaired so. Costs nothing at all
+    when not root."""
+    owner = owner_of(state_dir)
     if owner is None:
         return
     for folder in (state_dir, state_dir / "configs"):
@@ -346,38 +382,26 @@ def repair_ownership(state_dir: Path) -> None:
                     os.chown(entry.path, *owner, follow_symlinks=False)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = _create(tmp, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class _Background:
     """One thread for the ledger's durability work, off the path of the node calls:
     flushing the journal (requests coalesce: one fdatasync covers every line written
-    before it) and writing rollback copies."""
+    before it) and writing rollback copies. stop() ends the thread: a fleet `apply`
+    makes one store per node and must not keep a thread for each."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._sync_fd: int | None = None
+        self._sync_path = Path()
         self._copies: list[tuple[Path, bytes]] = []
         self._busy = False
-        self._error: OSError | None = None
-        threading.Thread(target=self._run, name="ledger", daemon=True).start()
+        self._stopping = False
+        self._error: tuple[Path, OSError] | None = None
+        self._thread = threading.Thread(target=self._run, name="ledger", daemon=True)
+        self._thread.start()
 
-    def sync(self, fd: int) -> None:
+    def sync(self, fd: int, path: Path) -> None:
         with self._cond:
-            self._sync_fd = fd
+            self._sync_fd, self._sync_path = fd, path
             self._cond.notify_all()
 
     def write(self, path: Path, data: bytes) -> None:
@@ -385,35 +409,49 @@ class _Background:
             self._copies.append((path, data))
             self._cond.notify_all()
 
-    def settle(self) -> OSError | None:
+    def settle(self) -> tuple[Path, OSError] | None:
         """Waits until everything asked for is done; the first error, if any."""
+        with self._cond:
+            self.wait()
+            error, self._error = self._error, None
+            return error
+
+    def wait(self) -> None:
+        """Until everything asked for is done; errors are kept for settle()."""
         with self._cond:
             while self._busy or self._sync_fd is not None or self._copies:
                 self._cond.wait()
-            error, self._error = self._error, None
-            return error
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._sync_fd is None and not self._copies:
+                while self._sync_fd is None and not self._copies and not self._stopping:
                     self._cond.wait()
+                if self._sync_fd is None and not self._copies:
+                    return  # stopping, and nothing left to do
                 fd, self._sync_fd = self._sync_fd, None
                 copies, self._copies = self._copies, []
+                path = self._sync_path
                 self._busy = True
             try:
-                for path, data in copies:
-                    _write_private(path, data)
                 if fd is not None:
                     os.fdatasync(fd)
+                for path, data in copies:
+                    atomic_write(path, data, durable=False)
             except OSError as exc:
-                self._error = self._error or exc
+                self._error = self._error or (path, exc)
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
 
 
-def _plain(value) -> dict:
+def _plain(value: Entry | Intent) -> dict[str, Any]:
     """A ledger value as a dict of plain values: dataclasses.asdict deep-copies every
     field, which an append per action does not need."""
     plain = {name: getattr(value, name) for name in value.__dataclass_fields__}
@@ -424,22 +462,7 @@ def _plain(value) -> dict:
     return plain
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = _create(tmp, os.O_WRONLY | os.O_TRUNC)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Other state files (daemon.json, config copies) use the same durable write."""
-    _atomic_write(path, data)
-
-
-def _entry(raw: dict, where: Path) -> Entry:
+def _entry(raw: dict[str, Any], where: Path) -> Entry:
     try:
         fields = {k: raw[k] for k in Entry.__dataclass_fields__ if k != "failed_replace"}
         failed = raw.get("failed_replace")
@@ -448,15 +471,16 @@ def _entry(raw: dict, where: Path) -> Entry:
         raise LedgerError(_corrupt(where, f"an entry lacks {exc}")) from None
 
 
-def _intent(raw: dict, where: Path) -> Intent:
+def _intent(raw: dict[str, Any], where: Path) -> Intent:
+    fields: dict[str, Any] = {k: raw.get(k) for k in Intent.__dataclass_fields__
+                              if k in raw or k in ("seq", "action", "name", "config_file")}
     try:
-        return Intent(**{k: raw.get(k) for k in Intent.__dataclass_fields__
-                         if k in raw or k in ("seq", "action", "name", "config_file")})
+        return Intent(**fields)
     except TypeError as exc:
         raise LedgerError(_corrupt(where, f"an intent is malformed: {exc}")) from None
 
 
-def _corrupt(path: Path, reason: str) -> str:
-    return (f"the ledger {path} is corrupt ({reason}). It was not reset: resetting would "
+def _corrupt(path: Path, why: str) -> str:
+    return (f"the ledger {path} is corrupt ({why}). It was not reset: resetting would "
             "forget which plugins this reconciler manages. Inspect or move it aside; "
             "without it, plugins named by files are adopted and the rest become unmanaged")

@@ -27,7 +27,7 @@ class SavedPlan:
 
 def write(path: Path, body: dict[str, Any], fingerprint: str, config_dir: Path,
           policy: Policy) -> None:
-    from reconciler.ledgerstore import atomic_write
+    from reconciler.atomicfile import atomic_write
 
     saved = {**body, "fingerprint": fingerprint, "config_dir": str(config_dir.absolute()),
              "policy": {"prune": policy.prune.value, "allow_empty": policy.allow_empty,

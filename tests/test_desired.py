@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -304,3 +305,23 @@ def test_a_real_read_only_mount_with_a_0777_root(tmp_path):
         assert [p.name for p in DirectoryReader().read(point).plugins] == ["x"]
     finally:
         subprocess.run(["umount", str(point)], capture_output=True)
+
+
+def test_the_readers_caches_hold_only_what_the_last_read_used(ws):
+    """The daemon keeps one reader for months while files change: every cache stays as
+    large as the directory, not as the history of its versions."""
+    reader = DirectoryReader(cache_path=ws.state / "cache.json")
+    ws.state.mkdir(exist_ok=True)
+    ws.config("steady.json5", name="steady")
+    for version in range(300):
+        ws.config("busy.json5", name="busy", extra=f"version: {version}")
+        ws.config("broken.json5", raw=f"{{ version: {version}, oops")  # invalid, cached too
+        lib = ws.library(f"rebuilt{version % 7}")
+        ws.config("moving.json5", name="moving", lib=lib.stem[3:])
+        desired = reader.read(ws.conf)
+        assert len(desired.plugins) == 3 and len(desired.invalid) == 1
+    sizes = {"summaries": len(reader._summaries), "parsed": len(reader._full),
+             "checked": len(reader._checked), "libraries": len(reader._libraries)}
+    assert max(sizes.values()) <= 4, sizes
+    # the cache file shared by one-shot commands is bounded the same way
+    assert len(json.loads((ws.state / "cache.json").read_text())["configs"]) == 4

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 
-from tests.conftest import no_traceback
+from tests.conftest import no_traceback, wait_for
 
 
-def fleet(ws, make_node, *, down: str | None = None):
-    """Two nodes ('alpha', 'beta'), each with its own config directory and token."""
+def fleet(ws, make_node, *, down: str | None = None, names=("alpha", "beta")):
+    """Nodes ('alpha', 'beta' unless named), each with its own config directory and token."""
     entries, nodes = [], {}
-    for name in ("alpha", "beta"):
+    for name in names:
         conf = ws.root / f"conf-{name}"
         conf.mkdir()
         lib = ws.library(f"{name}-plugin")
@@ -77,3 +79,33 @@ def test_a_bad_targets_file_is_one_clear_line(cli, ws):
     result = cli("plan", "--targets", str(path))
     assert result.code == 1 and "unknown key(s) nodeurl" in result.err
     no_traceback(result)
+
+
+def open_sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor among them)
+    return count
+
+
+def test_a_fleet_apply_leaves_no_threads_or_connections_behind(ws, make_node):
+    """In this process, through the CLI's own fleet code: each target's pass closes its
+    node session and stops its ledger thread when it is done."""
+    from typer.testing import CliRunner
+
+    from reconciler.cli import app
+
+    targets, nodes = fleet(ws, make_node, names=[f"n{i}" for i in range(6)])
+    env = {"SLIPSTREAM_STATE_DIR": str(ws.state), "SLIPSTREAM_CONFIG_DIR": str(ws.conf),
+           "SLIPSTREAM_MAX_RPS": "0", "SLIPSTREAM_METRICS_ADDRESS": "off"}
+    threads, sockets = threading.active_count(), open_sockets()
+    result = CliRunner().invoke(app, ["apply", "--targets", str(targets)], env=env)
+    assert result.exit_code == 0, result.output
+    assert all(f"n{i}-plugin" in nodes[f"n{i}"].manager.names() for i in range(6))
+    # the nodes' connection threads end once our side hangs up: wait for that, not longer
+    wait_for(lambda: threading.active_count() <= threads, timeout=5,
+             message=f"threads back to {threads}: {[t.name for t in threading.enumerate()]}")
+    wait_for(lambda: open_sockets() <= sockets, timeout=5, message="sockets closed")

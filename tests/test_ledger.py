@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import pytest
 
+from reconciler.apply import Reconciler
 from reconciler.errors import LedgerError
 from reconciler.ledger import Entry
 from reconciler.ledgerstore import LedgerStore
+from reconciler.settings import Settings
 
 
 def entry(name: str, config: str = "c0") -> Entry:
@@ -133,3 +136,63 @@ def test_recording_a_files_plugin_settles_its_interrupted_loads(tmp_path):
     seq = store.record_intent("load", None, "/conf/u.json5")
     store.record_put(Entry("u", "/conf/u.json5", "c0", "l0", "/lib/libu.so", 1.0), seq)
     assert LedgerStore(tmp_path).load().pending == ()
+
+
+def test_an_append_after_a_torn_last_line_starts_on_a_line_of_its_own(tmp_path):
+    store = LedgerStore(tmp_path)
+    store.load()
+    store.record_put(entry("a"))
+    with open(tmp_path / "ledger.journal", "ab") as journal:
+        journal.write(b'{"op":"put","seq":null,"entry":{"na')  # the process died here
+    next_process = LedgerStore(tmp_path)
+    next_process.load()
+    next_process.record_put(entry("b"))
+    assert set(LedgerStore(tmp_path).load().entries) == {"a", "b"}
+
+
+def flushes(monkeypatch) -> list[str]:
+    """The names of the threads that flushed a file to disk (the real flush still runs)."""
+    calls: list[str] = []
+    real = os.fdatasync
+
+    def spy(fd: int) -> None:
+        calls.append(threading.current_thread().name)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", spy)
+    return calls
+
+
+def test_an_intent_is_on_disk_before_the_call_when_the_node_is_elsewhere(tmp_path,
+                                                                         monkeypatch):
+    calls = flushes(monkeypatch)
+    store = Reconciler(Settings(tmp_path, node_url="http://10.20.30.40:3030",
+                                state_dir=tmp_path / "state")).store
+    store.load()
+    store.record_intent("load", "a", "/conf/a.json5")
+    assert calls == [threading.current_thread().name]  # before record_intent returned
+    store.record_put(entry("a"), 0)
+    assert len(calls) == 1  # an outcome is not flushed: its intent already is
+    store.close()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:3030", "http://localhost:3030",
+                                 "http://[::1]:3030"])
+def test_on_this_host_the_intent_is_flushed_during_the_call(tmp_path, monkeypatch, url):
+    """A power cut here also clears the node's run-time plugins: the call need not wait."""
+    calls = flushes(monkeypatch)
+    with Reconciler(Settings(tmp_path, node_url=url, state_dir=tmp_path / "state")) as r:
+        r.store.load()
+        r.store.record_intent("load", "a", "/conf/a.json5")
+        r.store.compact()  # waits for the flush
+        assert calls == ["ledger"]
+
+
+def test_closing_the_pass_runner_stops_the_ledger_thread(tmp_path):
+    before = {t for t in threading.enumerate() if t.name == "ledger"}
+    with Reconciler(Settings(tmp_path, state_dir=tmp_path / "state")) as reconciler:
+        reconciler.store.load()
+        reconciler.store.record_intent("load", "a", "/conf/a.json5")
+        reconciler.store.save_copy("c" * 64, {"libpath": "/lib/liba.so"})
+    assert {t for t in threading.enumerate() if t.name == "ledger"} == before
+    assert (tmp_path / "state" / "configs" / f"{'c' * 64}.json").exists()
