@@ -49,7 +49,7 @@ class Intent:
 
 @dataclass(frozen=True)
 class Ledger:
-    entries: MappingProxyType  # name -> Entry, read-only
+    entries: MappingProxyType[str, Entry]  # name -> Entry, read-only
     pending: tuple[Intent, ...] = ()
 
     @classmethod
