@@ -24,12 +24,15 @@ from reconciler.ledger import Entry, Intent, Ledger
 
 
 class Action(StrEnum):
+    """Each change type's `action`: its word in output and its place in ORDER. Code that
+    decides by action matches on the change's type (Load, Replace, ...), not on this."""
+
     LOAD = "load"
     REPLACE = "replace"  # unload, then load: the node cannot reload in place
     UNLOAD = "unload"
     ADOPT = "adopt"  # record a live plugin a file declares; no node call
     FORGET = "forget"  # drop a ledger entry for a plugin neither desired nor live
-    NOOP = "no-op"
+    NOOP = "no-op"  # InSync and Protected: reported, never executed
 
 
 class Prune(StrEnum):
