@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import TracebackType
+from typing import assert_never
 from urllib.parse import urlsplit
 
 from reconciler import nodepath
@@ -32,11 +33,22 @@ from reconciler.errors import (
     RuntimeLoadUnsupported,
     StalePlanError,
 )
-from reconciler.ledger import Entry, FailedReplace, Ledger
+from reconciler.ledger import Entry, FailedReplace, Intent, Ledger
 from reconciler.ledgerstore import LedgerStore
 from reconciler.node import NodeClient, blames_the_plugin
 from reconciler.outcome import Outcome, PassResult
-from reconciler.plan import Action, Change, Plan, Policy, fingerprint, plan
+from reconciler.plan import (
+    Adopt,
+    Change,
+    Forget,
+    Load,
+    Plan,
+    Policy,
+    Replace,
+    Unload,
+    fingerprint,
+    plan,
+)
 from reconciler.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -196,24 +208,27 @@ class _Run:
         self.interrupted = {i.config_file for i in ledger.pending if i.action == "load"}
 
     def do(self, change: Change) -> Outcome:
-        action = change.action
-        if action is Action.ADOPT:
-            self._keep_copy(change.desired)
-            self.store.record_put(_entry(change.desired, change.name))
-            return Outcome(change, True, "adopted: now managed", change.name)
-        if action is Action.FORGET:
-            if change.intent_seq is not None:
-                self.store.settle(change.intent_seq)
-            else:
-                self.store.record_remove(change.name)
-            return Outcome(change, True, "forgotten", change.name)
-        if action is Action.UNLOAD:
-            return self._unload(change, change.name)
-        if action is Action.REPLACE:
-            return self._replace(change)
-        return self._load(change, change.desired)
+        match change:
+            case Adopt():
+                self._keep_copy(change.desired)
+                self.store.record_put(_entry(change.desired, change.name))
+                return Outcome(change, True, "adopted: now managed", change.name)
+            case Forget():
+                if isinstance(change.target, Intent):
+                    self.store.settle(change.target.seq)
+                else:
+                    self.store.record_remove(change.target.name)
+                return Outcome(change, True, "forgotten", change.name)
+            case Unload():
+                return self._unload(change, change.name)
+            case Replace():
+                return self._replace(change)
+            case Load():
+                return self._load(change, change.desired)
+            case _:
+                assert_never(change)
 
-    def _unload(self, change: Change, name: str) -> Outcome:
+    def _unload(self, change: Unload | Replace, name: str) -> Outcome:
         config = change.entry.config_file if change.entry else None
         seq = self.store.record_intent("unload", name, config)
         try:
@@ -229,7 +244,7 @@ class _Run:
         self.store.record_remove(name, seq)
         return Outcome(change, True, "unloaded", unloaded=name)
 
-    def _replace(self, change: Change) -> Outcome:
+    def _replace(self, change: Replace) -> Outcome:
         fresh = self.reader.reread(change.config_file)
         if isinstance(fresh, Problem) or fresh != change.desired:
             why = fresh.message if isinstance(fresh, Problem) else "it changed"
@@ -244,7 +259,7 @@ class _Run:
         return Outcome(change, True, f"replaced ({change.reason})", loaded.name,
                        unloaded=unloaded.unloaded, loaded=loaded.loaded)
 
-    def _roll_back(self, change: Change, fresh: DesiredPlugin, reason: str,
+    def _roll_back(self, change: Replace, fresh: DesiredPlugin, reason: str,
                    unloaded: str | None) -> Outcome:
         """The new config failed after the old plugin was unloaded: load the previously
         applied config again, from the copy kept when it was applied, and remember that
@@ -288,7 +303,7 @@ class _Run:
         except OSError as exc:
             log.warning("cannot keep a copy of %s for rollbacks: %s", plugin.config_file, exc)
 
-    def _load(self, change: Change, plugin: DesiredPlugin) -> Outcome:
+    def _load(self, change: Load | Replace, plugin: DesiredPlugin) -> Outcome:
         seq = self.store.record_intent("load", plugin.name, plugin.config_file,
                                        plugin.config_sha256, plugin.library_sha256,
                                        plugin.libpath)
@@ -305,7 +320,7 @@ class _Run:
         self._keep_copy(plugin)
         return Outcome(change, True, f"loaded as {name}", name, loaded=name)
 
-    def _already_loaded(self, change: Change, plugin: DesiredPlugin, seq: int,
+    def _already_loaded(self, change: Load | Replace, plugin: DesiredPlugin, seq: int,
                         exc: AlreadyLoaded) -> Outcome:
         """422: maybe already so. Re-list and confirm before calling it managed."""
         live = set(self.client.list())

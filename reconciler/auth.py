@@ -19,6 +19,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from reconciler.errors import SettingsError
@@ -109,7 +110,7 @@ class SecretFile(TokenSource):
 
 
 def token_source(token_file: Path | None, secret_file: Path | None,
-                 environ: dict[str, str] | None = None) -> TokenSource:
+                 environ: Mapping[str, str] | None = None) -> TokenSource:
     environ = os.environ if environ is None else environ
     given = [what for what, value in (("--jwt-token-file", token_file),
                                       ("--jwt-secret-file", secret_file),

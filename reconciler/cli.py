@@ -443,10 +443,11 @@ def _status_report(settings: Settings, policy: Policy, output: Output) -> Report
     client = reconciler.client
     prefix = client.prefix
     directory = str(settings.config_dir.absolute())
-    meta = {"node": settings.shown_url, "network": settings.network, "api_prefix": prefix,
-            "node_kind": client.kind.value if client.kind else None, "cannot_apply": refused,
-            "config_dir": directory, "in_sync": in_sync(rows),
-            "daemon": render.daemon_json(record, alive)}
+    meta: dict[str, object] = {
+        "node": settings.shown_url, "network": settings.network, "api_prefix": prefix,
+        "node_kind": client.kind.value if client.kind else None, "cannot_apply": refused,
+        "config_dir": directory, "in_sync": in_sync(rows),
+        "daemon": render.daemon_json(record, alive)}
     counts = ", ".join(f"{n} {s}" for s, n in sorted(count_states(rows).items()))
     footer = (f"node {settings.shown_url} · network {settings.network} · {client.described}"
               f" · {counts or 'no plugins'}")

@@ -198,7 +198,9 @@ def _scan(text: str) -> _Refusal | None:
 
 def _scan_string(text: str, start: int) -> tuple[_Refusal | None, int]:
     quote = text[start]
-    stop = _STRING_BODY[quote].match(text, start + 1).end()
+    body = _STRING_BODY[quote].match(text, start + 1)
+    assert body is not None  # a `*+` pattern matches, if only the empty string
+    stop = body.end()
     ch = text[stop] if stop < len(text) else ""
     if ch in ("", "\n", "\r") or (ch == "\\" and stop + 1 == len(text)):
         return _Refusal("unclosed string (a line break inside one must follow a '\\')",

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from reconciler.apply import Reconciler, node_client
 from reconciler.atomicfile import atomic_write
+from reconciler.desired import file_name
 from reconciler.errors import (
     ApiAbsent,
     ConfigDirError,
@@ -298,10 +299,10 @@ class Daemon:
         name = outcome.name or change.label
         if outcome.ok:
             log.info("%s %s (%s): %s", change.action.value, name,
-                     _short(change.config_file), outcome.message)
+                     file_name(change.config_file), outcome.message)
         else:
             log.warning("%s %s (%s) failed: %s", change.action.value, name,
-                        _short(change.config_file), outcome.message)
+                        file_name(change.config_file), outcome.message)
 
     def _node_down(self, exc: NodeError) -> None:
         self.metrics.node_up.set(0)
@@ -450,7 +451,3 @@ def _summary(counts: dict[str, int]) -> str:
         if counts.get(state):
             parts.append(f"{counts[state]} {state}")
     return ", ".join(parts)
-
-
-def _short(path: str | None) -> str:
-    return os.path.basename(path) if path else "-"

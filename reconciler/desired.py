@@ -11,6 +11,18 @@ from dataclasses import dataclass
 # The library hash of a plan made without the libraries (CI): never equal to a real one.
 UNCHECKED = "unchecked"
 CONFIG_SUFFIXES = (".json5", ".json")
+# What a plugin is called until the node names it (a config without a `name`).
+UNNAMED = "known after apply"
+
+
+def label(name: str | None) -> str:
+    """A plugin's name as plans, status and logs show it: the one spelling of "unnamed"."""
+    return name if name is not None else f"({UNNAMED})"
+
+
+def file_name(path: str | None) -> str:
+    """A config file by its last component, for reasons and log lines."""
+    return path.rsplit("/", 1)[-1] if path else "-"
 
 
 @dataclass(frozen=True)
@@ -26,7 +38,7 @@ class DesiredPlugin:
 
     @property
     def label(self) -> str:
-        return self.name if self.name is not None else "(known after apply)"
+        return label(self.name)
 
 
 @dataclass(frozen=True)

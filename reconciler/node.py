@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 from urllib.parse import quote
 
 import requests
@@ -103,7 +104,7 @@ KIND_WORDS = {
 class _Answer:
     status: int
     body: bytes
-    json_error: dict | None  # the v2 error envelope, when it is one
+    json_error: dict[str, Any] | None  # the v2 error envelope, when it is one (parsed JSON)
 
     @property
     def text(self) -> str:
@@ -288,7 +289,7 @@ class NodeClient:
                                          f"{STATIC_HINT}")
 
     # -- plumbing --------------------------------------------------------------
-    def _call(self, method: str, suffix: str, body: dict | None = None) -> _Answer:
+    def _call(self, method: str, suffix: str, body: dict[str, str] | None = None) -> _Answer:
         deadline = time.monotonic() + self.patience
         refreshed = False
         hidden = 0
@@ -330,7 +331,7 @@ class NodeClient:
                 self.pacer.slow_down()
                 self._sleep(0.5 * 2 ** (hidden - 1))
 
-    def _send(self, method: str, path: str, body: dict | None) -> _Answer:
+    def _send(self, method: str, path: str, body: dict[str, str] | None) -> _Answer:
         self.pacer.wait()
         headers = {"Accept": "application/json"}
         token = self.auth.token()
@@ -468,7 +469,7 @@ def _read_capped(response: requests.Response, timeout: float) -> bytes:
     return b"".join(chunks)
 
 
-def _json_error(response: requests.Response, raw: bytes) -> dict | None:
+def _json_error(response: requests.Response, raw: bytes) -> dict[str, Any] | None:
     if response.status_code < 400 or "json" not in response.headers.get("Content-Type", ""):
         return None
     try:

@@ -12,12 +12,19 @@ import inspect
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from reconciler.errors import SettingsError
 from reconciler.settings import DEFAULT_CONFIG_DIR, DEFAULT_NODE_URL, Settings
+
+if TYPE_CHECKING:  # the planner loads when a command needs it, not with the options
+    from reconciler.plan import Policy
+
+# A typer command: its signature is read at run time (and rewritten below), so no static
+# parameter list describes it.
+Command = Callable[..., Any]
 
 
 class Output(StrEnum):
@@ -129,7 +136,7 @@ def build_settings(config_dir: Path, node_url: str, network: str, api: Api,
                     allow_writable=insecure_allow_writable)
 
 
-def build_policy(prune: PruneOpt, allow_empty: bool, max_unloads: int | None):
+def build_policy(prune: PruneOpt, allow_empty: bool, max_unloads: int | None) -> Policy:
     from reconciler.plan import Policy, Prune
 
     if max_unloads is not None and max_unloads < 0:
@@ -138,8 +145,8 @@ def build_policy(prune: PruneOpt, allow_empty: bool, max_unloads: int | None):
 
 
 def _injecting(target: str, spec: list[tuple[str, object, object]],
-               build: Callable[..., object]) -> Callable:
-    def decorate(command: Callable) -> Callable:
+               build: Callable[..., object]) -> Callable[[Command], Command]:
+    def decorate(command: Command) -> Command:
         # Only the command's own options are evaluated: the injected parameter's type
         # (Policy) may be imported for the type checker alone.
         raw = inspect.get_annotations(command)
@@ -151,19 +158,20 @@ def _injecting(target: str, spec: list[tuple[str, object, object]],
         names = [name for name, _, _ in spec]
 
         @functools.wraps(command)
-        def wrapper(**kwargs):
+        def wrapper(**kwargs: Any) -> Any:
             values = {name: kwargs.pop(name) for name in names}
             return command(**{target: build(**values)}, **kwargs)
 
         params = [*shared, *own]
-        wrapper.__signature__ = inspect.Signature(params)
+        # typer reads __signature__; functools' wrapper type does not declare it.
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in params}
         return wrapper
 
     return decorate
 
 
-def _evaluate(annotation: object, command: Callable) -> object:
+def _evaluate(annotation: object, command: Callable[..., object]) -> object:
     """A string annotation (PEP 563) evaluated where the command was defined."""
     if isinstance(annotation, str):
         return eval(annotation, command.__globals__)

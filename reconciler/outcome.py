@@ -48,6 +48,6 @@ class PassResult:
 
     @property
     def converged(self) -> bool:
-        waiting = any(c.held_as in ("failed-replace", "stalled") for c in self.plan.held)
+        waiting = any(h.state in ("failed-replace", "stalled") for h in self.plan.held)
         return (not self.failures and not self.plan.invalid and self.plan.blocked is None
                 and not waiting)

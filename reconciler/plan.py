@@ -15,20 +15,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import ClassVar, assert_never
 
-from reconciler.desired import UNCHECKED, Desired, DesiredPlugin, Problem
-from reconciler.ledger import Entry, Ledger
+from reconciler.desired import UNCHECKED, Desired, DesiredPlugin, Problem, file_name, label
+from reconciler.ledger import Entry, Intent, Ledger
 
 
 class Action(StrEnum):
+    """Each change type's `action`: its word in output and its place in ORDER. Code that
+    decides by action matches on the change's type (Load, Replace, ...), not on this."""
+
     LOAD = "load"
     REPLACE = "replace"  # unload, then load: the node cannot reload in place
     UNLOAD = "unload"
     ADOPT = "adopt"  # record a live plugin a file declares; no node call
     FORGET = "forget"  # drop a ledger entry for a plugin neither desired nor live
-    NOOP = "no-op"
+    NOOP = "no-op"  # InSync and Protected: reported, never executed
 
 
 class Prune(StrEnum):
@@ -56,28 +60,197 @@ class Policy:
     hold: tuple[Hold, ...] = ()
 
 
+# -- the changes: one value per action, each carrying exactly what its action needs -----
 @dataclass(frozen=True)
-class Change:
-    action: Action
-    name: str | None  # None: known after apply
-    config_file: str | None
+class Load:
+    """Put a declared plugin on the node: new, or missing from it (restarted, unloaded by
+    hand). Its name is the file's, or known only once the node answers."""
+
+    desired: DesiredPlugin
     reason: str
-    desired: DesiredPlugin | None = field(default=None, compare=False, repr=False)
-    entry: Entry | None = field(default=None, compare=False, repr=False)
-    intent_seq: int | None = field(default=None, compare=False, repr=False)
-    held_as: str | None = None  # for a held change: the state it leaves its plugin in
+    action: ClassVar[Action] = Action.LOAD
+
+    @property
+    def name(self) -> str | None:
+        return self.desired.name
+
+    @property
+    def config_file(self) -> str:
+        return self.desired.config_file
 
     @property
     def label(self) -> str:
-        return self.name if self.name is not None else "(known after apply)"
+        return label(self.name)
+
+
+@dataclass(frozen=True)
+class Replace:
+    """Unload the applied plugin (`entry`), load the file's new state (`desired`): the node
+    cannot reload in place. The entry is what a failed load rolls back to."""
+
+    desired: DesiredPlugin
+    entry: Entry
+    reason: str
+    action: ClassVar[Action] = Action.REPLACE
+
+    @property
+    def name(self) -> str:
+        return self.desired.name if self.desired.name is not None else self.entry.name
+
+    @property
+    def config_file(self) -> str:
+        return self.desired.config_file
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Unload:
+    """Take a plugin off the node: a managed one (its ledger entry) no file declares any
+    more, or an unmanaged one (just its name) under --prune all."""
+
+    target: Entry | str
+    reason: str
+    action: ClassVar[Action] = Action.UNLOAD
+
+    @property
+    def entry(self) -> Entry | None:
+        return self.target if isinstance(self.target, Entry) else None
+
+    @property
+    def name(self) -> str:
+        return self.target.name if isinstance(self.target, Entry) else self.target
+
+    @property
+    def config_file(self) -> str | None:
+        return self.target.config_file if isinstance(self.target, Entry) else None
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Record a live plugin a file declares by name: the ledger only, no node call."""
+
+    name: str
+    desired: DesiredPlugin
+    reason: str
+    action: ClassVar[Action] = Action.ADOPT
+
+    @property
+    def config_file(self) -> str:
+        return self.desired.config_file
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Forget:
+    """Drop what the ledger holds about a plugin neither desired nor live (an entry), or
+    settle an interrupted load the plan can account for (an intent): no node call."""
+
+    target: Entry | Intent
+    reason: str
+    action: ClassVar[Action] = Action.FORGET
+
+    @property
+    def entry(self) -> Entry | None:
+        return self.target if isinstance(self.target, Entry) else None
+
+    @property
+    def intent_seq(self) -> int | None:
+        return self.target.seq if isinstance(self.target, Intent) else None
+
+    @property
+    def name(self) -> str | None:
+        return self.target.name if isinstance(self.target, Entry) else None
+
+    @property
+    def config_file(self) -> str | None:
+        return self.target.config_file
+
+    @property
+    def label(self) -> str:
+        return label(self.name)
+
+
+# What a pass may do, in a closed set: code that branches on it matches every member.
+Change = Load | Replace | Unload | Adopt | Forget
+
+
+@dataclass(frozen=True)
+class InSync:
+    """A declared plugin the node runs as applied: nothing to do."""
+
+    desired: DesiredPlugin
+    entry: Entry
+    reason: str = "in sync"
+    action: ClassVar[Action] = Action.NOOP
+
+    @property
+    def name(self) -> str:
+        return self.desired.name if self.desired.name is not None else self.entry.name
+
+    @property
+    def config_file(self) -> str:
+        return self.desired.config_file
+
+
+@dataclass(frozen=True)
+class Protected:
+    """A managed plugin whose config file is invalid: left exactly as it is."""
+
+    entry: Entry
+    reason: str = "config file is invalid: left as it is"
+    action: ClassVar[Action] = Action.NOOP
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def config_file(self) -> str:
+        return self.entry.config_file
+
+
+@dataclass(frozen=True)
+class Held:
+    """A change policy keeps from running, reported only: why (`reason`), and the state
+    it leaves its plugin in (`state`; None: the change's pending state)."""
+
+    change: Load | Replace | Unload
+    reason: str
+    state: str | None = None
+
+    @property
+    def action(self) -> Action:
+        return self.change.action
+
+    @property
+    def name(self) -> str | None:
+        return self.change.name
+
+    @property
+    def config_file(self) -> str | None:
+        return self.change.config_file
+
+    @property
+    def label(self) -> str:
+        return self.change.label
 
 
 @dataclass(frozen=True)
 class Plan:
     changes: tuple[Change, ...]  # in execution order
-    in_sync: tuple[Change, ...] = ()
-    held: tuple[Change, ...] = ()  # what policy keeps from running (reported only)
-    protected: tuple[Change, ...] = ()  # managed plugins whose file is invalid
+    in_sync: tuple[InSync, ...] = ()
+    held: tuple[Held, ...] = ()  # what policy keeps from running (reported only)
+    protected: tuple[Protected, ...] = ()  # managed plugins whose file is invalid
     unmanaged: tuple[str, ...] = ()
     invalid: tuple[Problem, ...] = ()
     warnings: tuple[Problem, ...] = ()
@@ -90,8 +263,7 @@ class Plan:
     def changes_node(self) -> bool:
         """Whether applying would change the node (adopt and forget touch the ledger only):
         what `plan --detailed-exitcode` reports."""
-        return any(c.action in (Action.LOAD, Action.REPLACE, Action.UNLOAD)
-                   for c in self.changes)
+        return any(isinstance(c, Load | Replace | Unload) for c in self.changes)
 
 
 ORDER = (Action.FORGET, Action.ADOPT, Action.UNLOAD, Action.REPLACE, Action.LOAD)
@@ -109,8 +281,8 @@ def plan(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger,
     holds = {(h.config_file, h.config_sha256, h.library_sha256): h for h in policy.hold}
     claimed: set[str] = set()
     changes: list[Change] = []
-    in_sync: list[Change] = []
-    held: list[Change] = []
+    in_sync: list[InSync] = []
+    held: list[Held] = []
 
     for plugin in desired.plugins:
         entry = ledger.entries.get(plugin.name) if plugin.name is not None else None
@@ -123,55 +295,52 @@ def plan(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger,
         change = _for_desired(plugin, entry, live_set)
         hold = holds.get((plugin.config_file, plugin.config_sha256, plugin.library_sha256))
         failed = entry.failed_replace if entry is not None else None
-        if hold is not None and change.action in (Action.LOAD, Action.REPLACE):
-            held.append(replace(change, reason=f"stalled: {hold.reason}", held_as="stalled"))
-        elif (change.action is Action.REPLACE and failed is not None
+        if hold is not None and isinstance(change, Load | Replace):
+            held.append(Held(change, f"stalled: {hold.reason}", "stalled"))
+        elif (isinstance(change, Replace) and failed is not None
               and (failed.config_sha256, failed.library_sha256)
               == (plugin.config_sha256, plugin.library_sha256)):
-            held.append(replace(change, held_as="failed-replace",
-                                reason=f"the new config failed to load and the previous one "
-                                       f"runs again: {failed.reason}; edit the file or "
-                                       "rebuild the library to try again"))
+            held.append(Held(change, f"the new config failed to load and the previous one "
+                                     f"runs again: {failed.reason}; edit the file or rebuild "
+                                     "the library to try again", "failed-replace"))
+        elif isinstance(change, InSync):
+            in_sync.append(change)
         else:
-            (in_sync if change.action is Action.NOOP else changes).append(change)
+            changes.append(change)
 
-    protected: list[Change] = []
+    protected: list[Protected] = []
     invalid_files = desired.invalid_files
     for entry in ledger.entries.values():
         if entry.name in claimed:
             continue
         if entry.config_file in invalid_files:
-            protected.append(Change(Action.NOOP, entry.name, entry.config_file,
-                                    "config file is invalid: left as it is", entry=entry))
+            protected.append(Protected(entry))
         elif entry.name in live_set:
-            unload = Change(Action.UNLOAD, entry.name, entry.config_file,
-                            f"{_short(entry.config_file)} no longer declares it", entry=entry)
-            (held if policy.prune is Prune.NONE else changes).append(unload)
+            unload = Unload(entry, f"{file_name(entry.config_file)} no longer declares it")
+            if policy.prune is Prune.NONE:
+                held.append(Held(unload, unload.reason))
+            else:
+                changes.append(unload)
         else:
-            changes.append(Change(Action.FORGET, entry.name, entry.config_file,
-                                  "neither declared nor loaded", entry=entry))
+            changes.append(Forget(entry, "neither declared nor loaded"))
 
     warnings = list(desired.warnings)
     for intent in ledger.pending:
         if intent.config_file not in files:
-            changes.append(Change(Action.FORGET, None, intent.config_file,
-                                  "an interrupted load of a file since removed; if it loaded, "
-                                  "it is listed as unmanaged", intent_seq=intent.seq))
+            changes.append(Forget(intent, "an interrupted load of a file since removed; if it "
+                                          "loaded, it is listed as unmanaged"))
         elif intent.config_file in by_config:
             # The node holds one plugin per library: the interrupted load is that plugin,
             # or was refused.
-            changes.append(Change(Action.FORGET, None, intent.config_file,
-                                  "an interrupted load; the file's plugin is known",
-                                  intent_seq=intent.seq))
+            changes.append(Forget(intent, "an interrupted load; the file's plugin is known"))
 
     managed = set(ledger.entries) | declared
     unmanaged = sorted(n for n in live_set - managed if n not in claimed)
     if policy.prune is Prune.ALL:
         for name in unmanaged:
-            unload = Change(Action.UNLOAD, name, None, "unmanaged (--prune all)")
+            unload = Unload(name, "unmanaged (--prune all)")
             if invalid_files:
-                held.append(Change(Action.UNLOAD, name, None,
-                                   "unmanaged, held: an invalid file may declare it"))
+                held.append(Held(unload, "unmanaged, held: an invalid file may declare it"))
             else:
                 changes.append(unload)
 
@@ -181,31 +350,27 @@ def plan(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger,
                 tuple(unmanaged), desired.invalid, tuple(warnings), blocked)
 
 
-def _for_desired(plugin: DesiredPlugin, entry: Entry | None, live: set[str]) -> Change:
-    name = plugin.name if plugin.name is not None else (entry.name if entry else None)
-
-    def change(action: Action, reason: str) -> Change:
-        shown = name if action is not Action.LOAD or plugin.name is not None else None
-        return Change(action, shown, plugin.config_file, reason, desired=plugin, entry=entry)
-
+def _for_desired(plugin: DesiredPlugin, entry: Entry | None,
+                 live: set[str]) -> Load | Replace | Adopt | InSync:
     if entry is None:
         if plugin.name is not None and plugin.name in live:
-            return change(Action.ADOPT, "loaded on the node, declared here, not yet managed")
-        return change(Action.LOAD, "new")
+            return Adopt(plugin.name, plugin, "loaded on the node, declared here, not yet "
+                                              "managed")
+        return Load(plugin, "new")
     if entry.name not in live:
-        return change(Action.LOAD, "missing from the node (restarted, or unloaded by hand)")
+        return Load(plugin, "missing from the node (restarted, or unloaded by hand)")
     if entry.config_sha256 != plugin.config_sha256:
-        return change(Action.REPLACE, "config changed")
+        return Replace(plugin, entry, "config changed")
     if entry.library_sha256 != plugin.library_sha256 and plugin.library_sha256 != UNCHECKED:
-        return change(Action.REPLACE, "library changed")
+        return Replace(plugin, entry, "library changed")
     if entry.config_file != plugin.config_file:
-        return change(Action.REPLACE, f"config file moved from {_short(entry.config_file)}")
-    return change(Action.NOOP, "in sync")
+        return Replace(plugin, entry, f"config file moved from {file_name(entry.config_file)}")
+    return InSync(plugin, entry)
 
 
 def _brakes(desired: Desired, changes: list[Change], policy: Policy,
             managed: int) -> str | None:
-    unloads = sum(1 for c in changes if c.action is Action.UNLOAD)
+    unloads = sum(1 for c in changes if isinstance(c, Unload))
     if unloads and desired.file_count == 0 and not policy.allow_empty:
         return (f"the config directory {desired.directory} holds no config files while "
                 f"{managed} plugin(s) are managed; refusing to unload them all (a failed mount, "
@@ -215,10 +380,6 @@ def _brakes(desired: Desired, changes: list[Change], policy: Policy,
         return (f"this pass would unload {unloads} plugins, more than --max-unloads "
                 f"{policy.max_unloads}; nothing was changed")
     return None
-
-
-def _short(path: str | None) -> str:
-    return path.rsplit("/", 1)[-1] if path else "?"
 
 
 def fingerprint(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger) -> str:
@@ -235,14 +396,6 @@ def fingerprint(desired: Desired, live: list[str] | tuple[str, ...], ledger: Led
 
 
 # -- status: where each plugin stands, derived from the plan ---------------------------
-STATE_OF = {
-    Action.LOAD: "pending-load",
-    Action.REPLACE: "pending-replace",
-    Action.UNLOAD: "pending-unload",
-    Action.ADOPT: "pending-adopt",
-}
-
-
 @dataclass(frozen=True)
 class PluginStatus:
     name: str | None
@@ -251,19 +404,31 @@ class PluginStatus:
     detail: str
 
 
-def _state(change: Change, p: Plan, held: bool) -> str:
-    if held and change.held_as is not None:
-        return change.held_as
-    if p.blocked is not None and change.action is Action.UNLOAD:
-        return "blocked"
-    return STATE_OF[change.action]
+def _pending(change: Change, blocked: bool) -> str | None:
+    """The state a change not made yet leaves its plugin in; None for a forget, which is
+    about the ledger, not a plugin."""
+    match change:
+        case Load():
+            return "pending-load"
+        case Replace():
+            return "pending-replace"
+        case Unload():
+            return "blocked" if blocked else "pending-unload"
+        case Adopt():
+            return "pending-adopt"
+        case Forget():
+            return None
+        case _:
+            assert_never(change)
 
 
 def statuses(p: Plan) -> tuple[PluginStatus, ...]:
+    blocked = p.blocked is not None
     rows = [PluginStatus(c.name, c.config_file, "in-sync", "") for c in p.in_sync]
-    rows += [PluginStatus(c.name, c.config_file, _state(c, p, held), c.reason)
-             for held, group in ((False, p.changes), (True, p.held))
-             for c in group if c.action in STATE_OF]
+    rows += [PluginStatus(c.name, c.config_file, state, c.reason)
+             for c in p.changes if (state := _pending(c, blocked)) is not None]
+    rows += [PluginStatus(h.name, h.config_file, state, h.reason)
+             for h in p.held if (state := h.state or _pending(h.change, blocked)) is not None]
     protected = {c.config_file: c.name for c in p.protected}
     rows += [PluginStatus(protected.get(problem.file), problem.file, "invalid", problem.brief)
              for problem in p.invalid]
@@ -281,4 +446,3 @@ def count_states(rows: tuple[PluginStatus, ...]) -> dict[str, int]:
 
 def in_sync(rows: tuple[PluginStatus, ...]) -> bool:
     return all(r.state in ("in-sync", "unmanaged") for r in rows)
-

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
-from reconciler.desired import Desired, Problem
+from reconciler.desired import UNNAMED, Desired, Problem, label
 from reconciler.outcome import Outcome, PassResult
-from reconciler.plan import Action, Change, Plan, PluginStatus, count_states
+from reconciler.plan import Action, Change, Held, Load, Plan, PluginStatus, Replace, count_states
 
 FORMAT_VERSION = 1
+# A JSON document this module builds; a record it reads back (daemon.json) is parsed JSON
+# of a shape only its writer knows, hence Any there.
+Json = dict[str, object]
 SYMBOL = {
     Action.LOAD: "+",
     Action.REPLACE: "-/+",
@@ -40,7 +44,7 @@ def shown_path(path: str | None, directory: str | None) -> str:
     return path
 
 
-def change_line(change: Change, directory: str | None) -> str:
+def change_line(change: Change | Held, directory: str | None) -> str:
     return (f"  {SYMBOL[change.action]:>3} {change.action.value:<8} {change.label:<28} "
             f"{shown_path(change.config_file, directory)}  ({change.reason})")
 
@@ -89,18 +93,18 @@ def plan_text(p: Plan, directory: str | None, node: str, network: str,
     return "\n".join(lines)
 
 
-def problem_json(problem: Problem) -> dict:
+def problem_json(problem: Problem) -> Json:
     return {"file": problem.file, "line": problem.line, "column": problem.column,
             "message": problem.message}
 
 
-def change_json(change: Change) -> dict:
+def change_json(change: Change | Held) -> Json:
     return {"action": change.action.value, "name": change.name,
             "config_file": change.config_file, "reason": change.reason}
 
 
 def plan_json(p: Plan, node: str, network: str, node_kind: str | None = None,
-              cannot_apply: str | None = None) -> dict:
+              cannot_apply: str | None = None) -> Json:
     return {
         "format_version": FORMAT_VERSION,
         "node": node,
@@ -140,11 +144,11 @@ def apply_summary(result: PassResult) -> str:
 
 
 def apply_json(result: PassResult, node: str, network: str,
-               node_kind: str | None = None) -> dict:
+               node_kind: str | None = None) -> Json:
     return {
         **plan_json(result.plan, node, network, node_kind),
         "outcomes": [{**change_json(o.change), "ok": o.ok, "message": o.message,
-                      "loaded_as": o.name if o.change.action in (Action.LOAD, Action.REPLACE)
+                      "loaded_as": o.name if isinstance(o.change, Load | Replace)
                       and o.ok else None} for o in result.outcomes],
         "converged": result.converged,
     }
@@ -152,7 +156,7 @@ def apply_json(result: PassResult, node: str, network: str,
 
 def status_text(rows: tuple[PluginStatus, ...], directory: str | None, footer: str) -> str:
     table = [("NAME", "CONFIG FILE", "STATE", "DETAIL")]
-    table += [(r.name or "(known after apply)", shown_path(r.config_file, directory), r.state,
+    table += [(label(r.name), shown_path(r.config_file, directory), r.state,
                r.detail) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d}".rstrip()
@@ -164,7 +168,7 @@ def status_text(rows: tuple[PluginStatus, ...], directory: str | None, footer: s
     return "\n".join(lines)
 
 
-def status_json(rows: tuple[PluginStatus, ...], meta: dict) -> dict:
+def status_json(rows: tuple[PluginStatus, ...], meta: Json) -> Json:
     return {
         "format_version": FORMAT_VERSION,
         **meta,
@@ -176,7 +180,7 @@ def status_json(rows: tuple[PluginStatus, ...], meta: dict) -> dict:
 
 def validate_text(desired: Desired) -> str:
     lines = [f"  ok  {shown_path(p.config_file, desired.directory)}  "
-             f"(name: {p.name if p.name is not None else 'known after load'})"
+             f"(name: {p.name if p.name is not None else UNNAMED})"
              for p in desired.plugins]
     lines += [f"  !   {problem}" for problem in desired.invalid]
     lines += [f"warning: {w}" for w in desired.warnings]
@@ -189,7 +193,7 @@ def validate_text(desired: Desired) -> str:
     return "\n".join(lines)
 
 
-def validate_json(desired: Desired) -> dict:
+def validate_json(desired: Desired) -> Json:
     return {
         "format_version": FORMAT_VERSION,
         "config_dir": desired.directory,
@@ -200,7 +204,7 @@ def validate_json(desired: Desired) -> dict:
     }
 
 
-def daemon_line(record: dict | None, alive: bool) -> str | None:
+def daemon_line(record: dict[str, Any] | None, alive: bool) -> str | None:
     """'daemon: last pass 3 s ago, ok' — from daemon.json, when a daemon has run."""
     if record is None:
         return None
@@ -211,7 +215,7 @@ def daemon_line(record: dict | None, alive: bool) -> str | None:
             f"({record.get('summary', '')})")
 
 
-def daemon_json(record: dict | None, alive: bool) -> dict | None:
+def daemon_json(record: dict[str, Any] | None, alive: bool) -> Json | None:
     if record is None:
         return None
     return {"running": alive, "pid": record.get("pid"), "summary": record.get("summary"),

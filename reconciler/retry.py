@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from reconciler.outcome import Outcome
-from reconciler.plan import Action, Hold
+from reconciler.plan import Hold, Load, Replace
 
 STALL_AFTER = 5
 
@@ -47,9 +47,9 @@ class Stalls:
 
     def record(self, outcomes: Iterable[Outcome]) -> None:
         for outcome in outcomes:
-            desired = outcome.change.desired
-            if desired is None or outcome.change.action not in (Action.LOAD, Action.REPLACE):
+            if not isinstance(outcome.change, Load | Replace):
                 continue
+            desired = outcome.change.desired
             key = (desired.config_file, desired.config_sha256, desired.library_sha256)
             if outcome.ok:
                 self._attempts.pop(key, None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import TextIO
 
 import click
 
@@ -22,7 +23,7 @@ _STATE = re.compile(r"\b(in-sync|unmanaged|invalid|failed-replace|stalled|blocke
                     r"pending-[a-z]+)\b")
 
 
-def colour_enabled(stream=None) -> bool:
+def colour_enabled(stream: TextIO | None = None) -> bool:
     choice = os.environ.get("SLIPSTREAM_COLOR", "auto").lower()
     if choice == "never":
         return False

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+import pickle
+import subprocess
+import sys
+
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from reconciler.desired import Desired, DesiredPlugin, Problem
@@ -183,10 +187,82 @@ def entry_of(d: DesiredPlugin, name: str) -> Entry:
     return Entry(name, d.config_file, d.config_sha256, d.library_sha256, d.libpath, 0)
 
 
-@settings(max_examples=400, deadline=None)
-@given(worlds())
-def test_plan_is_a_pure_function(world):
-    assert plan(*world) == plan(*world)
+# -- the planner cannot do I/O: checked in fresh processes, where it can fail --------
+# What design.md keeps out of the planner, its values and its views (the same list as the
+# import contract in pyproject.toml, which `make test` runs as lint-imports).
+IO_MODULES = ("requests", "fcntl", "threading", "socket", "watchdog", "json5",
+              "reconciler.node", "reconciler.apply", "reconciler.ledgerstore",
+              "reconciler.configdir", "reconciler.daemon")
+PURE_MODULES = ("reconciler.desired", "reconciler.ledger", "reconciler.plan",
+                "reconciler.outcome", "reconciler.nodepath", "reconciler.configparse",
+                "reconciler.render")
+
+
+def loaded_by(*modules: str) -> list[str]:
+    """The I/O modules a fresh interpreter holds after importing `modules`."""
+    probe = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+             f"print(' '.join(m for m in {IO_MODULES!r} if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True)
+    return run.stdout.split()
+
+
+def test_importing_the_planner_and_its_views_loads_no_io_module():
+    assert loaded_by(*PURE_MODULES) == []
+    # The probe sees an I/O module when one is there: the pass itself loads them.
+    assert {"requests", "reconciler.node"} <= set(loaded_by("reconciler.apply"))
+
+
+# A fresh interpreter where I/O raises, armed before the planner is imported: while
+# modules load, only reading module files is allowed (so an import that opens a socket,
+# as `import requests` does, fails); while plan() runs, nothing is (no file, no listing,
+# no socket, no process, no lazy import). It plans the worlds read from stdin.
+NO_IO_CHILD = r"""
+import importlib.machinery, pickle, sys
+MODULE_FILES = tuple(importlib.machinery.all_suffixes())
+IO_EVENTS = ("open", "socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn",
+             "os.spawn", "os.fork", "os.kill", "os.remove", "os.rename", "os.mkdir",
+             "os.rmdir", "os.truncate", "os.chmod", "os.chown", "os.link", "os.symlink",
+             "os.utime", "shutil.", "urllib.", "http.", "ctypes.", "mmap.", "fcntl.")
+phase, done = ["importing"], []
+
+def no_io(event, args):
+    if phase[0] == "done":
+        return
+    if phase[0] == "planning" and event in ("import", "os.listdir", "os.scandir"):
+        pass
+    elif not event.startswith(IO_EVENTS):
+        return
+    elif (event == "open" and phase[0] == "importing" and isinstance(args[0], str)
+            and args[0].endswith(MODULE_FILES)):
+        return  # the import system reading a module
+    done.append(f"while {phase[0]}: {event} {args!r}")  # kept: a caller may swallow the raise
+    raise PermissionError(f"I/O while {phase[0]}: {event}")
+
+sys.addaudithook(no_io)
+worlds = pickle.loads(sys.stdin.buffer.read())
+from reconciler.ledger import Ledger
+from reconciler.plan import plan
+phase[0] = "planning"
+plans = [plan(d, live, Ledger.of(entries, pending), policy)
+         for d, live, entries, pending, policy in worlds]
+phase[0] = "done"
+if done:
+    sys.exit("the planner did I/O:\n" + "\n".join(done))
+sys.stdout.buffer.write(pickle.dumps(plans))
+"""
+
+
+# No shrinking: any world shows I/O, and each example costs a process.
+@settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.generate])
+@given(st.lists(worlds(), min_size=40, max_size=40))
+def test_plan_does_no_io_and_gives_the_same_plan_where_io_raises(some):
+    sent = [(d, live, tuple(ledger.entries.values()), ledger.pending, policy)
+            for d, live, ledger, policy in some]
+    child = subprocess.run([sys.executable, "-c", NO_IO_CHILD], input=pickle.dumps(sent),
+                           capture_output=True, timeout=60)
+    assert child.returncode == 0, child.stderr.decode()
+    assert pickle.loads(child.stdout) == [plan(*world) for world in some]
 
 
 @settings(max_examples=400, deadline=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from reconciler.desired import DesiredPlugin
 from reconciler.outcome import Outcome
-from reconciler.plan import Action, Change
+from reconciler.plan import Load
 from reconciler.retry import Backoff, Stalls
 from reconciler.trigger import Trigger
 
@@ -96,8 +96,7 @@ def test_backoff_is_full_jitter_capped_and_resets():
 
 def failed(message: str, config: str = "c0") -> Outcome:
     plugin = DesiredPlugin("/conf/a.json5", "a", "/lib/liba.so", config, "l0")
-    return Outcome(Change(Action.LOAD, "a", "/conf/a.json5", "new", desired=plugin), False,
-                   message)
+    return Outcome(Load(plugin, "new"), False, message)
 
 
 def test_the_same_failure_five_times_stalls_until_the_file_changes():
