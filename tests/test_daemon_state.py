@@ -157,7 +157,9 @@ def test_the_daemons_own_unload_is_never_reported_missing(ws, node, caplog, monk
 
 
 def test_a_node_restart_is_still_noticed_by_the_probe(ws, node, caplog):
-    """The probe's list goes to the loop, which still tells a restart from its own work."""
+    """The probe's list goes to the loop, which still tells a restart from its own work:
+    seen as plugins missing, or (when a probe caught the node down) as the node coming
+    back, either way a pass the probe asked for."""
     caplog.set_level(logging.INFO, logger="slipstream-reconciler")
     ws.config("a.json5", name="a")
 
@@ -166,10 +168,14 @@ def test_a_node_restart_is_still_noticed_by_the_probe(ws, node, caplog):
         time.sleep(0.1)
         node.restart()
         wait_for(lambda: "a" in names(node), message="a put back")
+        wait_for(lambda: "probe" in (read_record(ws.state) or {}).get("last_pass", {}).get(
+            "reasons", []), message="the probe's pass recorded")
 
     in_process(ws, node, scenario)
-    assert any("missing from the node" in r.getMessage() and "a" in r.getMessage()
-               for r in caplog.records)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("missing from the node (a restart or a hand unload): a" in m
+               or "is answering again" in m for m in said), said
+    assert sum(m.startswith("load a ") for m in said) == 2
 
 
 # -- signals --------------------------------------------------------------------------
