@@ -192,8 +192,8 @@ class Daemon:
         still restarts a daemon that hangs."""
         beat = self.notifier.watchdog_interval
         tick = min(beat, 1.0) if beat else 1.0
-        last_ping = time.monotonic()
-        next_tick = last_ping + tick
+        last_ping = float("-inf")  # the first ping at the first tick
+        next_tick = time.monotonic() + tick
         while True:
             info = signal.sigtimedwait(SIGNALS, max(0.0, next_tick - time.monotonic()))
             if info is not None and info.si_signo != signal.SIGHUP:
