@@ -432,7 +432,7 @@ def _status_report(settings: Settings, policy: Policy, output: Output) -> Report
     from reconciler.plan import Hold, count_states, in_sync, statuses
 
     record = read_record(settings.state)
-    alive = record is not None and running(record)
+    alive = record is not None and running(settings.state)
     holds = tuple(Hold(h["config_file"], h["config_sha256"], h["library_sha256"], h["reason"])
                   for h in (record or {}).get("holds", []) if alive)
     reconciler = Reconciler(settings, replace(policy, hold=holds))
@@ -515,18 +515,9 @@ def run(
     from reconciler import logs
     from reconciler.daemon import Daemon, DaemonOptions
 
-    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise SettingsError(f"--log-level must be debug, info, warning or error, not "
-                            f"{log_level!r}")
-    for option, value in (("--debounce", debounce), ("--max-wait", max_wait),
-                          ("--probe-interval", probe_interval),
-                          ("--resync-interval", resync_interval),
-                          ("--max-backoff", max_backoff)):
-        if value <= 0:
-            raise SettingsError(f"{option} must be more than 0")
-    logs.setup(log_format.value, "debug" if _debug["on"] else log_level)
     options = DaemonOptions(debounce, max_wait, probe_interval, resync_interval, max_backoff,
-                            None if metrics_address == "off" else metrics_address, watch)
+                            metrics_address, watch, log_format.value, log_level)
+    logs.setup(options.log_format, "debug" if _debug["on"] else options.log_level)
     raise typer.Exit(Daemon(settings, policy, options).run())
 
 

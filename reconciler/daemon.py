@@ -2,12 +2,21 @@
 
 Threads, each with one job:
 - the loop runs passes (Reconciler.run_pass, the same function as `apply`) when the
-  Trigger says so, and records what happened (daemon.json, metrics, sd_notify);
-- the probe asks the node for its plugin list every --probe-interval and scans the config
-  directory; a difference from what the last pass left starts a pass at once;
+  Trigger says so, and records what happened (daemon.json, metrics, sd_notify). It is the
+  only thread that reads or writes the reconciler's state: what the node should hold, what
+  is managed, the stall counters, the backoff, the summary and the record;
+- the probe (reconciler.probe) lists the node every --probe-interval and hands the list to
+  the loop, which compares it with what it expects; it also asks the loop to scan the
+  config directory now and then;
 - watchdog's observer turns file activity into file events;
-- the main thread handles signals and keeps systemd informed: WATCHDOG=1 while the loop
-  is healthy, EXTEND_TIMEOUT_USEC= while the first pass runs (READY=1 comes after it).
+- the main thread waits for signals (blocked in every thread, taken with sigtimedwait:
+  no handler ever runs) and keeps systemd informed: WATCHDOG=1 while the loop is healthy,
+  EXTEND_TIMEOUT_USEC= while the first pass runs (READY=1 comes after it).
+The other threads only *say* something to the loop, through the Trigger.
+
+For its whole life the daemon holds a lock on <state>/daemon.lock; `status` asks the lock,
+not the pid in daemon.json, whether a daemon runs (a pid can be recycled, or belong to a
+user we may not signal).
 
 Nothing the node or the files do makes the daemon exit: failures become backoff, stalled
 loads, a blocked state or an invalid file, each visible in status, logs and metrics.
@@ -15,7 +24,8 @@ loads, a blocked state or an invalid file, each visible in status, logs and metr
 
 from __future__ import annotations
 
-import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -24,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from reconciler.apply import Reconciler, node_client
 from reconciler.atomicfile import atomic_write
@@ -36,14 +47,15 @@ from reconciler.errors import (
     RuntimeLoadUnsupported,
     SettingsError,
 )
-from reconciler.metrics import Metrics, MetricsServer
+from reconciler.metrics import Metrics, MetricsServer, split_address
 from reconciler.notify import Notifier
 from reconciler.outcome import Outcome, PassResult
-from reconciler.plan import Policy, count_states, plan, statuses
+from reconciler.plan import PluginStatus, Policy, count_states, plan, statuses
+from reconciler.probe import Listed, Probe, Report, ScanDue, Unanswered
 from reconciler.retry import Backoff, Stalls
 from reconciler.settings import Settings
 from reconciler.trigger import Trigger, Wake
-from reconciler.watch import DirectoryWatch, scan
+from reconciler.watch import DirectoryWatch, Fingerprint, scan
 
 log = logging.getLogger("slipstream-reconciler")
 
@@ -51,104 +63,164 @@ FORMAT_VERSION = 1
 STOP_GRACE = 4.5  # SIGTERM: the call in flight may finish; we are gone within 5 s
 START_EXTENSION = 15.0  # each EXTEND_TIMEOUT_USEC= during the first pass, sent every second
 SCAN_EVERY = 5  # with inotify, the fallback scan runs every 5th probe
+SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+LOCK_NAME = "daemon.lock"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
 class DaemonOptions:
+    """`run`'s options, checked here (SettingsError, exit 78) so that every caller of the
+    daemon gets the same checks."""
     debounce: float = 0.25
     max_wait: float = 2.0
     probe_interval: float = 2.0
     resync_interval: float = 60.0
     max_backoff: float = 60.0
-    metrics_address: str | None = "127.0.0.1:9479"
+    metrics_address: str | None = "127.0.0.1:9479"  # 'off' or None: no metrics server
     watch: bool = True
+    log_format: str = "text"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise SettingsError(f"--log-level must be debug, info, warning or error, not "
+                                f"{self.log_level!r}")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"--log-format must be text or json, not {self.log_format!r}")
+        for option, value in (("--debounce", self.debounce), ("--max-wait", self.max_wait),
+                              ("--probe-interval", self.probe_interval),
+                              ("--resync-interval", self.resync_interval),
+                              ("--max-backoff", self.max_backoff)):
+            if not value > 0:
+                raise SettingsError(f"{option} must be more than 0")
+        if self.metrics_address == "off":
+            object.__setattr__(self, "metrics_address", None)
+        elif self.metrics_address is not None:
+            split_address(self.metrics_address)
 
 
 class Daemon:
     def __init__(self, settings: Settings, policy: Policy, options: DaemonOptions) -> None:
         self.settings, self.base_policy, self.options = settings, policy, options
         self.reconciler = Reconciler(settings, policy)
-        self.trigger = Trigger(options.debounce, options.max_wait, options.resync_interval)
-        self.backoff = Backoff(0.5, options.max_backoff)
-        self.stalls = Stalls()
+        self.trigger: Trigger[Report] = Trigger(options.debounce, options.max_wait,
+                                                options.resync_interval)
         self.metrics = Metrics()
         self.notifier = Notifier()
-        self.stopping = threading.Event()
-        self.in_pass = threading.Event()
         self.state_path = settings.state / "daemon.json"
         self.directory = os.path.abspath(settings.config_dir)
         self.watch = DirectoryWatch(self.directory, self.trigger.file_event, options.watch)
-        self.heartbeat = time.monotonic()
-        self.progress = self.heartbeat  # the last answer from the node (a 429 counts)
         self.started_at = time.time()
+        # Signals between threads (each set by one thread, read by others):
+        self.stopping = threading.Event()  # main thread: SIGTERM/SIGINT came
+        self.in_pass = threading.Event()  # loop: a pass and its bookkeeping are running
+        self.unsupported = threading.Event()  # loop: the node cannot do this; probe rests
+        self.ready = threading.Event()  # loop: the first pass ended, READY=1 was sent
+        self.heartbeat = time.monotonic()  # loop: it came round (read by healthy())
+        self.progress = self.heartbeat  # either client: the node answered (a 429 counts)
+        # The reconciler's state: the loop thread alone reads and writes it.
+        self.backoff = Backoff(0.5, options.max_backoff)
+        self.stalls = Stalls()
         self.passes = 0
+        self.calls_ended = float("-inf")  # monotonic: the last pass's node calls were done
         self.expected_live: frozenset[str] | None = None
         self.managed: frozenset[str] = frozenset()
-        self.scanned: tuple | None = None
+        self.scanned: Fingerprint | None = None
         self.scan_fired = False
         self.node_down = False
-        self.unsupported_until = 0.0  # monotonic: until then the probe leaves the node be
         self.summary = "starting"
         self.logged_summary = ""
-        self.rows: tuple = ()
+        self.rows: tuple[PluginStatus, ...] = ()
         self.last_success: float | None = None
-        self.ready = False
+        self.record_error: str | None = None  # the last failure to write daemon.json
 
     # -- life cycle ------------------------------------------------------------------
     def run(self) -> int:
-        self.settings.state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        server = None
-        if self.options.metrics_address:
-            try:
-                server = MetricsServer(self.metrics, self.options.metrics_address,
-                                       self.healthy).start()
-            except OSError as exc:
-                raise SettingsError(f"cannot serve metrics on {self.options.metrics_address}: "
-                                    f"{exc.strerror}; set --metrics-address (or 'off')") from None
-            log.info("metrics on http://%s/metrics", server.address)
-        self._hook_clients()
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, lambda *_: self.trigger.request("sighup"))
-        self.watch.start()
-        loop = threading.Thread(target=self._loop, name="reconcile-loop", daemon=True)
-        probe = threading.Thread(target=self._probe, name="probe", daemon=True)
-        loop.start()
-        probe.start()
-        log.info("reconciling %s onto %s (%s)", self.directory, self.settings.shown_url,
-                 self.settings.network)
-        self._keep_systemd_informed()
-        self.notifier.stopping()
-        log.info("stopping")
-        self.trigger.interrupt()
-        loop.join(STOP_GRACE)
-        if loop.is_alive():
-            log.warning("a node call is still in flight; its intent is in the ledger journal")
-        self.watch.stop()
-        if server is not None:
-            server.stop()
-        return 0
+        """Until SIGTERM or SIGINT. The signals are blocked before any thread starts, so
+        every thread inherits the mask and they reach only the main thread's sigtimedwait:
+        no handler interrupts a thread that holds a lock."""
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            return self._run()
+        finally:
+            _discard_pending(SIGNALS)  # a second SIGTERM must not kill us on unblocking
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
-    def _keep_systemd_informed(self) -> None:
-        """Until SIGTERM: ping the watchdog every half WatchdogSec= while healthy(), and
-        extend the start timeout while the first pass is healthy. Both stop when the loop
-        is stuck, so systemd still restarts a daemon that hangs."""
+    def _run(self) -> int:
+        self.settings.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = hold_lock(self.settings.state)
+        try:
+            server = self._serve_metrics()
+            self._hook_clients()
+            self.watch.start()
+            probe = Probe(self.probe_client, self.options.probe_interval,
+                          1 if not self.options.watch else SCAN_EVERY,
+                          paused=lambda: self.in_pass.is_set() or self.unsupported.is_set(),
+                          report=self.trigger.report, stopping=self.stopping)
+            loop = threading.Thread(target=self._loop, name="reconcile-loop", daemon=True)
+            prober = threading.Thread(target=probe.run, name="probe", daemon=True)
+            loop.start()
+            prober.start()
+            log.info("reconciling %s onto %s (%s)", self.directory, self.settings.shown_url,
+                     self.settings.network)
+            self._serve_signals()
+            self.notifier.stopping()
+            log.info("stopping")
+            self.stopping.set()
+            self.trigger.interrupt()
+            loop.join(STOP_GRACE)
+            if loop.is_alive():
+                log.warning("a node call is still in flight; its intent is in the ledger "
+                            "journal")
+            self.watch.stop()
+            prober.join(STOP_GRACE)
+            if not prober.is_alive():
+                self.probe_client.close()
+            if server is not None:
+                server.stop()
+            return 0
+        finally:
+            os.close(lock)
+
+    def _serve_metrics(self) -> MetricsServer | None:
+        address = self.options.metrics_address
+        if not address:
+            return None
+        try:
+            server = MetricsServer(self.metrics, address, self.healthy).start()
+        except OSError as exc:
+            raise SettingsError(f"cannot serve metrics on {address}: {exc.strerror}; set "
+                                "--metrics-address (or 'off')") from None
+        log.info("metrics on http://%s/metrics", server.address)
+        return server
+
+    def _serve_signals(self) -> None:
+        """Until SIGTERM or SIGINT: SIGHUP asks for a pass now; every tick, ping the
+        watchdog every half WatchdogSec= while healthy(), and extend the start timeout
+        while the first pass is healthy. Both stop when the loop is stuck, so systemd
+        still restarts a daemon that hangs."""
         beat = self.notifier.watchdog_interval
         tick = min(beat, 1.0) if beat else 1.0
-        last_ping = 0.0
-        while not self.stopping.wait(tick):
+        last_ping = float("-inf")  # the first ping at the first tick
+        next_tick = time.monotonic() + tick
+        while True:
+            info = signal.sigtimedwait(SIGNALS, max(0.0, next_tick - time.monotonic()))
+            if info is not None and info.si_signo != signal.SIGHUP:
+                return
+            if info is not None:
+                self.trigger.request("sighup")
+            now = time.monotonic()
+            if now < next_tick:
+                continue
+            next_tick = now + tick
             if not self.notifier.enabled or not self.healthy():
                 continue
-            now = time.monotonic()
             if beat and now - last_ping >= beat - tick / 2:
                 self.notifier.watchdog()
                 last_ping = now
-            if not self.ready:
+            if not self.ready.is_set():
                 self.notifier.extend_timeout(START_EXTENSION)
-
-    def _on_stop(self, *_) -> None:
-        self.stopping.set()
-        self.trigger.interrupt()
 
     def healthy(self) -> bool:
         """The loop came round recently; or it is inside a pass whose node calls are within
@@ -161,13 +233,14 @@ class Daemon:
             return True
         if not self.in_pass.is_set():
             return False
-        patience = getattr(self.reconciler.client, "patience", 120.0)
+        patience = self.reconciler.client.patience
         return now - max(self.heartbeat, self.progress) < patience + limit
 
     def _hook_clients(self) -> None:
         client = self.reconciler.client
         self.probe_client = node_client(self.settings)
         self.probe_client.pacer = client.pacer  # one budget: the node limits per client IP
+
         def on_response(method: str, status: int) -> None:
             self.progress = time.monotonic()
             self.metrics.http.labels(method, str(status)).inc()
@@ -175,7 +248,7 @@ class Daemon:
         for c in (client, self.probe_client):
             c.on_response = on_response
 
-    # -- the loop ----------------------------------------------------------------------
+    # -- the loop: the one owner of the reconciler's state ---------------------------------
     def _loop(self) -> None:
         self.trigger.request("start")
         while not self.stopping.is_set():
@@ -184,17 +257,21 @@ class Daemon:
             if self.stopping.is_set():
                 break
             self.watch.check()
+            for report in self.trigger.take_reports():
+                self._judge(report)
             if wake is not None:
+                self.in_pass.set()
                 try:
                     self._pass(wake)
                 except Exception:  # the loop must outlive any bug in one pass
                     log.exception("internal error in a pass; retrying later")
                     self.trigger.retry_in(self.backoff.next())
+                finally:
+                    self.in_pass.clear()
         self.reconciler.close()  # this thread owns it: its journal, its session
 
     def _pass(self, wake: Wake) -> None:
         started, t0 = time.time(), time.monotonic()
-        self.in_pass.set()
         self.passes += 1
         self.scanned = scan(self.directory)
         self.scan_fired = False
@@ -202,6 +279,7 @@ class Daemon:
         self.reconciler.policy = policy
         result: PassResult | None = None
         error: str | None = None
+        outcome = "error"
         try:
             result = self.reconciler.run_pass(on_outcome=self._on_outcome,
                                               should_stop=self.stopping.is_set)
@@ -215,7 +293,7 @@ class Daemon:
         except ReconcilerError as exc:
             error, outcome = str(exc), "error"
         finally:
-            self.in_pass.clear()
+            self.calls_ended = time.monotonic()
         if result is not None:
             outcome = self._after(result, policy, wake)
         elif outcome == "unsupported":
@@ -232,9 +310,9 @@ class Daemon:
         self.metrics.passes.labels(wake.primary, outcome).inc()
         self.metrics.pass_seconds.observe(duration)
         self._write_record(wake, started, duration, outcome, error)
-        if not self.ready:
+        if not self.ready.is_set():
             self.notifier.ready(self.summary)
-            self.ready = True
+            self.ready.set()
         else:
             self.notifier.status(self.summary)
 
@@ -242,10 +320,10 @@ class Daemon:
         """A node that cannot do this at all (no Slipstream API, or plugins chosen at
         start-up): not a failure to back off from, a state. Nothing is unloaded because of
         it; the node is asked again every --max-backoff, since an upgrade or downgrade
-        changes it."""
+        changes it. Meanwhile the probe rests."""
         self.expected_live = None
         recheck = self.options.max_backoff
-        self.unsupported_until = time.monotonic() + recheck
+        self.unsupported.set()
         self.trigger.retry_in(recheck)
         summary = f"unsupported: {error}"
         if summary != self.logged_summary:
@@ -254,17 +332,18 @@ class Daemon:
         self.summary = f"{summary}; asking again in {recheck:.0f} s"
 
     def _after(self, result: PassResult, policy: Policy, wake: Wake) -> str:
-        self.unsupported_until = 0.0
+        self.unsupported.clear()
         self._node_up()
         self.stalls.record(result.outcomes)
         holds = self.stalls.holds()  # fixed from here on in this pass
         stalled_files = {h.config_file for h in holds}
         self.expected_live = result.live_after
-        desired = result.desired
         ledger = self.reconciler.store.current()
         self.managed = frozenset(ledger.entries)
-        after = plan(desired, sorted(self.expected_live), ledger, replace(policy, hold=holds))
-        self.rows = statuses(after)
+        if result.desired is not None:
+            after = plan(result.desired, sorted(self.expected_live), ledger,
+                         replace(policy, hold=holds))
+            self.rows = statuses(after)
         counts = count_states(self.rows)
         self.metrics.set_states(counts)
         retryable = [o for o in result.failures if o.change.config_file not in stalled_files]
@@ -317,46 +396,37 @@ class Daemon:
             self.node_down = False
             log.info("node %s is answering again", self.settings.shown_url)
 
-    # -- the probe -----------------------------------------------------------------------
-    def _probe(self) -> None:
-        # The scan is what inotify may have missed: every probe without inotify, every
-        # SCAN_EVERY probes with it (1000 configs and libraries cost ~2,000 stats).
-        scan_every = 1 if not self.options.watch else SCAN_EVERY
-        ticks = 0
-        while not self.stopping.wait(self.options.probe_interval):
-            if self.in_pass.is_set() or time.monotonic() < self.unsupported_until:
-                continue  # an unsupported node is asked again by the pass, slowly
-            before = self.passes
-            ticks += 1
-            if ticks % scan_every == 0:
-                self._scan()
-            try:
-                live = frozenset(self.probe_client.list())
-            except ApiAbsent:
+    # -- what the probe saw, judged by the loop ---------------------------------------------
+    def _judge(self, report: Report) -> None:
+        """A list or failure that started before the last pass's node calls ended may show
+        the node half-way through that pass: the pass itself said more, later."""
+        if isinstance(report, ScanDue):
+            self._scan()
+        elif report.started_at < self.calls_ended:
+            return
+        elif isinstance(report, Unanswered):
+            if isinstance(report.error, ApiAbsent):
                 self.trigger.request("probe")  # the pass records the state, then waits
-                continue
-            except NodeError as exc:
-                self._node_down(exc)
-                continue
-            except ReconcilerError as exc:
-                log.debug("probe: %s", exc)
-                continue
-            if self.in_pass.is_set() or self.passes != before:
-                continue  # a pass ran meanwhile: what we saw may be half-way through it
-            was_down = self.node_down
-            self._node_up()
-            expected = self.expected_live
-            if was_down or expected is None:
+            else:
+                self._node_down(report.error)
+        else:
+            self._compare(report)
+
+    def _compare(self, listed: Listed) -> None:
+        was_down = self.node_down
+        self._node_up()
+        expected = self.expected_live
+        if was_down or expected is None:
+            self.stalls.clear()
+            self.trigger.request("probe")
+        elif listed.live != expected:
+            missing = sorted((expected - listed.live) & self.managed)
+            if missing:
+                log.warning("managed plugin(s) missing from the node (a restart or a hand "
+                            "unload): %s", ", ".join(missing))
                 self.stalls.clear()
-                self.trigger.request("probe")
-            elif live != expected:
-                missing = sorted((expected - live) & self.managed)
-                if missing:
-                    log.warning("managed plugin(s) missing from the node (a restart or a hand "
-                                "unload): %s", ", ".join(missing))
-                    self.stalls.clear()
-                self.expected_live = live
-                self.trigger.request("probe")
+            self.expected_live = listed.live
+            self.trigger.request("probe")
 
     def _scan(self) -> None:
         """What inotify may have missed. One event per pass cycle at most, and none while
@@ -390,17 +460,84 @@ class Daemon:
                       for h in self.stalls.holds()],
             "plugins": [self._plugin_record(r) for r in self.rows],
         }
-        with contextlib.suppress(OSError):
+        try:
             atomic_write(self.state_path, json.dumps(record, indent=1).encode() + b"\n")
+        except OSError as exc:
+            self._record_failed(exc)
+        else:
+            if self.record_error is not None:
+                log.info("%s is written again", self.state_path)
+                self.record_error = None
 
-    def _plugin_record(self, row) -> dict:
+    def _record_failed(self, exc: OSError) -> None:
+        """Status and `reload` read the record, so a failure is said, but once per distinct
+        error (not every pass): the daemon itself works on without it."""
+        reason = exc.strerror or str(exc)
+        message = f"cannot write {self.state_path}: {reason}"
+        if message != self.record_error:
+            log.warning("%s; status and reload see the last record written until this is "
+                        "fixed (reconciling goes on)", message)
+            self.record_error = message
+
+    def _plugin_record(self, row: PluginStatus) -> dict[str, Any]:
         attempts = self.stalls.attempts(row.config_file) if row.config_file else None
         return {"name": row.name, "config_file": row.config_file, "state": row.state,
                 "detail": row.detail, "last_error": attempts.reason if attempts else None,
                 "tries": attempts.count if attempts else 0}
 
 
-def read_record(state_dir: Path) -> dict | None:
+# -- the daemon's lock: "is a daemon running on this state?" ---------------------------------
+def hold_lock(state_dir: Path) -> int:
+    """Takes <state>/daemon.lock for the daemon's lifetime (the kernel drops it with the
+    process, however it ends) and returns its descriptor. Opened read-only, so that a lock
+    file left by another user (root running the daemon by hand) does not stop the
+    service. A `status` that tests the lock holds it for an instant; that is waited out."""
+    path = state_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise SettingsError(f"cannot open {path}: {exc.strerror}; set --state-dir") from None
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                raise SettingsError(f"cannot lock {path}: {exc.strerror}") from None
+        if time.monotonic() >= deadline:
+            os.close(fd)
+            holder = (read_record(state_dir) or {}).get("pid", "?")
+            raise SettingsError(f"another daemon (pid {holder}) is running on the state "
+                                f"directory {state_dir}; stop it, or give this one its own "
+                                "--state-dir")
+        time.sleep(0.05)
+
+
+def running(state_dir: Path) -> bool:
+    """Whether a daemon holds <state>/daemon.lock. The lock, not the pid in daemon.json:
+    a pid is recycled after the daemon dies (and then names some live process), and a
+    daemon running as another user cannot be signalled (EPERM) though it is alive."""
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False  # no lock file: no daemon of this version ever ran here
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)  # releases our shared lock at once
+    return False
+
+
+def _discard_pending(signals: frozenset[signal.Signals]) -> None:
+    while signal.sigpending() & signals:
+        signal.sigtimedwait(signals, 0)
+
+
+def read_record(state_dir: Path) -> dict[str, Any] | None:
     """daemon.json, for `status`; None when there is none or it is unreadable."""
     try:
         record = json.loads((state_dir / "daemon.json").read_text(encoding="utf-8"))
@@ -417,7 +554,8 @@ def request_pass(pid: int, state_dir: Path, wait: float) -> tuple[int, str]:
     try:
         os.kill(pid, signal.SIGHUP)
     except (ProcessLookupError, PermissionError) as exc:
-        return 1, f"error: cannot signal the daemon (pid {pid}): {exc.strerror.lower()}"
+        reason = (exc.strerror or str(exc)).lower()
+        return 1, f"error: cannot signal the daemon (pid {pid}): {reason}"
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         record = read_record(state_dir) or {}
@@ -434,14 +572,6 @@ def request_pass(pid: int, state_dir: Path, wait: float) -> tuple[int, str]:
         time.sleep(0.05)
     return 1, (f"error: no pass recorded in {state_dir / 'daemon.json'} within {wait:.0f} s; "
                "the daemon runs it as soon as the pass in flight ends")
-
-
-def running(record: dict) -> bool:
-    try:
-        os.kill(int(record.get("pid", 0)), 0)
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def _summary(counts: dict[str, int]) -> str:

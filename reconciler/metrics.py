@@ -121,12 +121,12 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args) -> None:
-                pass
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # the journal is for the daemon's own lines, not every scrape
 
         self.server = _server_class(host)((host, port), Handler)
         self.server.daemon_threads = True
-        bound_host, bound_port = self.server.server_address[:2]
+        bound_host, bound_port = str(self.server.server_address[0]), self.server.server_port
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.address = f"{shown}:{bound_port}"
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.2,),

@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Mapping
 
 
 class Notifier:
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
-        environ = os.environ if environ is None else environ
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        if environ is None:
+            environ = os.environ
         address = environ.get("NOTIFY_SOCKET", "")
         self.address = "\0" + address[1:] if address.startswith("@") else address
         usec = environ.get("WATCHDOG_USEC", "")

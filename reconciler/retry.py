@@ -23,7 +23,7 @@ class Backoff:
         self.failures = 0
 
     def next(self) -> float:
-        ceiling = min(self.cap, self.base * (2 ** self.failures))
+        ceiling = min(self.cap, self.base * 2.0 ** self.failures)
         self.failures += 1
         return max(0.05, ceiling * self._rand())
 

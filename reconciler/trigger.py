@@ -1,6 +1,9 @@
 """When to run the next pass (consul-template's watch/quiescence, kept apart from the
 pass itself). Event sources call in from any thread and say only *that* something may
-have changed; the loop asks wait() for the next pass and gets the reasons.
+have changed; the loop asks wait() for the next pass and gets the reasons. A source that
+saw something the loop must judge (the probe's plugin list) posts it as a report: wait()
+returns early and the loop, the only thread that keeps the reconciler's state, takes the
+reports and decides what they mean.
 
 - file events: a quiet period of `debounce` after the last one, but never later than
   `max_wait` after the first (an editor that keeps writing cannot starve the node);
@@ -16,6 +19,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,7 @@ class Wake:
         return next(iter(self.reasons), "unknown")
 
 
-class Trigger:
+class Trigger(Generic[R]):
     def __init__(self, debounce: float = 0.25, max_wait: float = 2.0,
                  resync_interval: float = 60.0, clock: Callable[[], float] = time.monotonic,
                  rand: Callable[[], float] = random.random) -> None:
@@ -43,6 +49,7 @@ class Trigger:
         self._last: float | None = None
         self._retry_at: float | None = None
         self._interrupted = False
+        self._reports: list[R] = []
         self._resync_at = self._clock() + self._jittered()
 
     def _jittered(self) -> float:
@@ -60,6 +67,12 @@ class Trigger:
     def request(self, reason: str) -> None:
         with self._cond:
             self._requests.add(reason)
+            self._cond.notify()
+
+    def report(self, report: R) -> None:
+        """Hands the loop something to judge; wait() returns at once so that it can."""
+        with self._cond:
+            self._reports.append(report)
             self._cond.notify()
 
     def retry_in(self, seconds: float) -> None:
@@ -86,25 +99,33 @@ class Trigger:
         return self._retry_at
 
     # -- the loop ------------------------------------------------------------------
+    def take_reports(self) -> list[R]:
+        """The reports posted since the last call, oldest first."""
+        with self._cond:
+            reports, self._reports = self._reports, []
+            return reports
+
     def due_at(self) -> float:
         """The monotonic time of the next pass, as things stand."""
         if self._requests:
             return float("-inf")  # at once
         due = [self._resync_at]
-        if self._first is not None:
+        if self._first is not None and self._last is not None:
             due.append(min(self._last + self.debounce, self._first + self.max_wait))
         if self._retry_at is not None:
             due.append(self._retry_at)
         return min(due)
 
     def wait(self, max_block: float = 1.0) -> Wake | None:
-        """Blocks until a pass is due (its reasons) or max_block passes (None)."""
+        """Blocks until a pass is due (its reasons), or returns None: max_block passed, the
+        daemon is stopping, or reports wait to be taken. Reports come first, so that what
+        the loop makes of them (a request) joins the pass that is due anyway."""
         with self._cond:
             deadline = self._clock() + max_block
             while True:
                 now = self._clock()
                 due = self.due_at()
-                if self._interrupted:
+                if self._interrupted or self._reports:
                     return None
                 if due <= now:
                     return self._take(now)
@@ -115,8 +136,8 @@ class Trigger:
     def _take(self, now: float) -> Wake:
         reasons = set(self._requests)
         first = self._first
-        if self._first is not None and now >= min(self._last + self.debounce,
-                                                  self._first + self.max_wait):
+        if self._first is not None and self._last is not None and now >= min(
+                self._last + self.debounce, self._first + self.max_wait):
             reasons.add("file")
             self._first = self._last = None
         if self._retry_at is not None and now >= self._retry_at:

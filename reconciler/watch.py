@@ -21,10 +21,15 @@ from collections.abc import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from reconciler.desired import is_config_name
 
 log = logging.getLogger(__name__)
+
+# scan()'s answer: compared for equality only. A stat mark per config file, after the
+# directory's identity; or ("unreadable", errno).
+Fingerprint = tuple[object, ...]
 
 # Reads (ours and the node's) open and close files too; only writes are changes.
 _CHANGES = {"created", "deleted", "modified", "moved", "closed"}
@@ -74,14 +79,17 @@ class DirectoryWatch:
         self.directory = os.path.abspath(directory)
         self.on_change = on_change
         self.enabled = enabled
-        self._observer = Observer() if enabled else None
-        self._watch = None
+        self._observer: BaseObserver | None = None  # made by start(): it starts a thread
+        self._watch: ObservedWatch | None = None
         self._identity: tuple[int, int] | None = None
         self._armed = False
 
     def start(self) -> None:
-        if self._observer is None:
+        """Starts the observer's threads. Not in __init__: the daemon blocks its signals
+        before any thread starts, and threads inherit the mask of their creator."""
+        if not self.enabled:
             return
+        self._observer = Observer()
         self._observer.start()
         parent = os.path.dirname(self.directory)
         try:
@@ -123,6 +131,8 @@ class DirectoryWatch:
 
     def _alive(self) -> bool:
         """An emitter stops itself when its directory is deleted."""
+        if self._observer is None:
+            return False
         return any(e.watch == self._watch and e.is_alive() for e in self._observer.emitters)
 
     def stop(self) -> None:
@@ -131,7 +141,7 @@ class DirectoryWatch:
             self._observer.join(timeout=2)
 
 
-def scan(directory: str) -> tuple:
+def scan(directory: str) -> Fingerprint:
     """A cheap fingerprint: one listdir and one stat per config file. (Libraries are
     checked against the reader's own cache: DirectoryReader.libraries_changed.)"""
     try:
@@ -139,13 +149,13 @@ def scan(directory: str) -> tuple:
         top = os.stat(directory)
     except OSError as exc:
         return ("unreadable", exc.errno)
-    marks: list[tuple] = [(top.st_dev, top.st_ino)]
+    marks: list[object] = [(top.st_dev, top.st_ino)]
     for name in names:
         marks.append((name, *_stat(os.path.join(directory, name))))
     return tuple(marks)
 
 
-def _stat(path: str) -> tuple:
+def _stat(path: str) -> Fingerprint:
     try:
         st = os.stat(path)
     except OSError as exc:

@@ -118,3 +118,15 @@ def test_a_different_reason_starts_counting_again():
     for reason in ("a", "a", "a", "b", "b"):
         stalls.record([failed(reason)])
     assert stalls.holds() == ()
+
+
+def test_a_report_wakes_the_loop_before_a_due_pass_and_its_request_joins_that_pass():
+    clock = Clock()
+    t = trigger(clock)
+    t.request("start")
+    t.report("the node lists a, b")
+    assert t.wait(max_block=5) is None  # at once: the loop judges the report first
+    assert t.take_reports() == ["the node lists a, b"]
+    assert t.take_reports() == []
+    t.request("probe")  # what the loop made of it
+    assert t.wait(max_block=0).reasons == {"start", "probe"}  # one pass for both
