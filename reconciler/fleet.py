@@ -13,11 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ReconcilerError, SettingsError
+from reconciler.report import Report
 from reconciler.settings import Settings
 
 KEYS = {"name", "node_url", "network", "config_dir", "node_config_dir", "node_state_dir",
@@ -30,16 +31,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 class Target:
     name: str
     settings: Settings
-
-
-@dataclass
-class Report:
-    """What one command produced for one node: its exit code, its text, its JSON."""
-
-    code: int
-    out: list[str] = field(default_factory=list)
-    err: list[str] = field(default_factory=list)
-    data: dict[str, Any] | None = None
 
 
 def read_targets(path: Path, base: Settings) -> list[Target]:
