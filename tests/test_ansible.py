@@ -1,0 +1,271 @@
+"""The fleet example on the real engine: ansible-core runs ansible/examples/site.yml.
+
+Four hosts (two validators, two clients), each a reference node on loopback with its own
+JWT secret, config directory and state directory, all reached with
+`ansible_connection=local`: the role lays each host's directory and credential, and the
+module runs this checkout's installed `slipstream-reconciler` against that host's node.
+The tests run in order against one fleet: converge, converge again (all ok), a dry run of
+a change (`--check --diff`: the right hosts changed, nothing touched), the change, then a
+broken file that fails its host alone. Then ansible-doc and ansible-lint.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconciler.refnode import NodeOptions, RefNode
+
+ROOT = Path(__file__).resolve().parent.parent
+ANSIBLE = ROOT / "ansible"
+EXAMPLES = ANSIBLE / "examples"
+BIN = Path(sys.executable).parent
+SCRIPT = BIN / "slipstream-reconciler"
+HOSTS = {"validator-1": "validators", "validator-2": "validators",
+         "client-1": "clients", "client-2": "clients"}
+MODULE_TASK = "Converge the node's plugins (in check mode, the plan)"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("ansible-playbook", path=str(BIN)) is None or not SCRIPT.exists(),
+    reason="ansible-core and this checkout are not installed in this venv "
+           "(make .venv/.installed-stamp)")
+
+
+def config(libs: Path, name: str, extra: str = "") -> str:
+    lib = libs / f"lib{name}.so"
+    lib.write_bytes(b"\x7fELF placeholder " + name.encode())
+    return f'{{\n  libpath: "{lib}",\n  name: "{name}",{extra}\n}}\n'
+
+
+class Fleet:
+    """The hosts, their nodes, and the inventory written from what each host declares."""
+
+    def __init__(self, top: Path) -> None:
+        self.top = top
+        self.nodes: dict[str, RefNode] = {}
+        self.declared: dict[str, dict[str, str]] = {}
+        for host in HOSTS:
+            base = top / host
+            (base / "libs").mkdir(parents=True)
+            (base / "boot").mkdir()
+            (base / "boot" / "libstartup.so").write_bytes(b"startup")
+            (base / "boot" / "startup.json5").write_text('{libpath: "libstartup.so"}')
+            secret = os.urandom(16)
+            self.nodes[host] = RefNode(NodeOptions(
+                port=0, jwt_secret=secret, rest_rps=0, data_dir=base / "node",
+                slipstream_configs=[str(base / "boot" / "startup.json5")])).start()
+            (base / "secret.b64").write_text(base64.b64encode(secret).decode())
+            common = config(base / "libs", "metrics")
+            self.declared[host] = {"metrics.json5": common}
+            if HOSTS[host] == "clients":
+                self.declared[host]["postgres.json5"] = config(
+                    base / "libs", "postgres", '\n  connection_string: "postgres://aleo:hunter2@x"')
+
+    def conf(self, host: str) -> Path:
+        return self.top / host / "plugins.d"
+
+    def live(self) -> dict[str, list[str]]:
+        return {host: sorted(node.manager.names()) for host, node in self.nodes.items()}
+
+    def files(self) -> dict[str, dict[str, str]]:
+        return {host: {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                       for p in sorted(self.conf(host).glob("*"))}
+                if self.conf(host).exists() else {} for host in HOSTS}
+
+    def inventory(self) -> Path:
+        hosts = {}
+        for host in HOSTS:
+            base = self.top / host
+            hosts[host] = {
+                "slipstream_reconciler_config_dir": str(self.conf(host)),
+                "slipstream_reconciler_state_dir": str(base / "state"),
+                "slipstream_reconciler_node_url": self.nodes[host].url,
+                "slipstream_reconciler_jwt_secret_path": str(base / "etc" / "jwt-secret"),
+                "slipstream_reconciler_jwt_secret": (base / "secret.b64").read_text(),
+                "slipstream_reconciler_plugin_configs": [
+                    {"file": f, "content": c} for f, c in sorted(self.declared[host].items())],
+            }
+        groups = {group: {"hosts": {h: hosts[h] for h, g in HOSTS.items() if g == group}}
+                  for group in ("validators", "clients")}
+        inventory = {"all": {"children": groups, "vars": {
+            "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+            "ansible_become": False,
+            "slipstream_reconciler_install": False, "slipstream_reconciler_service": False,
+            "slipstream_reconciler_converge": "now",
+            "slipstream_reconciler_executable": str(SCRIPT),
+            "slipstream_reconciler_max_rps": 0}}}
+        path = self.top / "inventory.json"  # JSON is YAML: the yaml inventory plugin reads it
+        path.write_text(json.dumps(inventory, indent=1))
+        return path
+
+    def play(self, *args: str) -> Play:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIPSTREAM_",
+                                                                          "ANSIBLE_"))}
+        env.update({"PATH": f"{BIN}:{env.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1",
+                    "ANSIBLE_COLLECTIONS_PATH": str(ANSIBLE),
+                    "ANSIBLE_LOCAL_TEMP": str(self.top / "ansible-tmp"),
+                    "ANSIBLE_HOME": str(self.top / "ansible-home"),
+                    "TMPDIR": str(self.top / "tmp")})
+        (self.top / "tmp").mkdir(exist_ok=True)
+        done = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(self.inventory()),
+                               "site.yml", *args], cwd=EXAMPLES, env=env, capture_output=True,
+                              text=True, timeout=240, stdin=subprocess.DEVNULL)
+        return Play(done.returncode, done.stdout + done.stderr)
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
+class Play:
+    """ansible-playbook's default output, read as an operator reads it."""
+
+    def __init__(self, code: int, out: str) -> None:
+        self.code, self.out = code, out
+
+    def recap(self) -> dict[str, dict[str, int]]:
+        found = {}
+        for host, counts in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", self.out, re.M):
+            found[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counts)}
+        assert set(found) == set(HOSTS), self.out
+        return found
+
+    def task(self, name: str) -> dict[str, str]:
+        """host -> ok / changed / fatal, for every run of the task (one per batch)."""
+        results: dict[str, str] = {}
+        for section in re.split(r"^TASK \[", self.out, flags=re.M)[1:]:
+            if section.split("]", 1)[0].endswith(name):
+                for status, host in re.findall(r"^(ok|changed|fatal|skipping): \[([^\]]+)\]",
+                                               section, re.M):
+                    results[host] = status
+        return results
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    f = Fleet(tmp_path_factory.mktemp("fleet"))
+    yield f
+    f.stop()
+
+
+def test_a_normal_run_converges_every_host(fleet):
+    play = fleet.play()
+    assert play.code == 0, play.out
+    assert play.task(MODULE_TASK) == dict.fromkeys(HOSTS, "changed"), play.out
+    live = fleet.live()
+    for host, group in HOSTS.items():
+        wanted = ["metrics", "startup"] + (["postgres"] if group == "clients" else [])
+        assert live[host] == sorted(wanted), (host, live)
+        conf = fleet.conf(host)
+        assert oct(conf.stat().st_mode & 0o777) == "0o755"
+        assert {p.name: oct(p.stat().st_mode & 0o777) for p in conf.iterdir()} == \
+            dict.fromkeys(fleet.declared[host], "0o644")
+        secret = fleet.top / host / "etc" / "jwt-secret"
+        assert oct(secret.stat().st_mode & 0o777) == "0o600"
+    # The secret and the plugin's own values never reach the play's output.
+    assert "hunter2" not in play.out
+    for host in HOSTS:
+        assert (fleet.top / host / "secret.b64").read_text() not in play.out
+
+
+def test_a_second_run_is_all_ok(fleet):
+    play = fleet.play()
+    assert play.code == 0, play.out
+    assert all(counts["changed"] == 0 and counts["failed"] == 0
+               for counts in play.recap().values()), play.out
+    assert play.task(MODULE_TASK) == dict.fromkeys(HOSTS, "ok")
+
+
+def test_check_diff_names_the_hosts_that_would_change_and_changes_nothing(fleet):
+    libs2 = fleet.top / "validator-2" / "libs"
+    fleet.declared["validator-2"]["indexer.json5"] = config(libs2, "indexer")
+    del fleet.declared["client-1"]["postgres.json5"]
+    # An out-of-band change the files do not show: client-2's node lost a plugin.
+    fleet.nodes["client-2"].manager.unload("metrics")
+    files, live = fleet.files(), fleet.live()
+    stray = set((fleet.top / "tmp").iterdir())
+
+    play = fleet.play("--check", "--diff")
+    assert play.code == 0, play.out
+    assert play.task(MODULE_TASK) == {"validator-1": "ok", "validator-2": "changed",
+                                      "client-1": "changed", "client-2": "changed"}, play.out
+    changed = {h for h, counts in play.recap().items() if counts["changed"]}
+    assert changed == {"validator-2", "client-1", "client-2"}, play.out
+    # The diff is the plan, per plugin, headed by the CLI's line for it.
+    assert re.search(r"^\+\+\+ after: \+ load indexer  \S+/validator-2/plugins.d/"
+                     r"indexer.json5  \(new\)$", play.out, re.M), play.out
+    assert re.search(r"^--- before: - unload postgres  \S+/client-1/plugins.d/postgres.json5",
+                     play.out, re.M), play.out
+    assert re.search(r"^-plugin postgres: loaded$", play.out, re.M), play.out
+    assert re.search(r"^\+plugin metrics: loaded from \S+/client-2/plugins.d/metrics.json5$",
+                     play.out, re.M), play.out
+    # Nothing changed: not the nodes, not the files, and no staging directory is left.
+    assert fleet.live() == live
+    assert fleet.files() == files
+    assert set((fleet.top / "tmp").iterdir()) == stray
+    assert "hunter2" not in play.out
+
+
+def test_the_change_then_applies_and_reports_those_hosts(fleet):
+    play = fleet.play("--diff")
+    assert play.code == 0, play.out
+    assert play.task(MODULE_TASK) == {"validator-1": "ok", "validator-2": "changed",
+                                      "client-1": "changed", "client-2": "changed"}, play.out
+    live = fleet.live()
+    assert live["validator-2"] == ["indexer", "metrics", "startup"]
+    assert live["client-1"] == ["metrics", "startup"]
+    assert live["client-2"] == ["metrics", "postgres", "startup"]
+    assert not (fleet.conf("client-1") / "postgres.json5").exists()
+    # A file nobody declared, but not a config: left alone.
+    (fleet.conf("client-1") / "README").write_text("notes")
+    play = fleet.play()
+    assert play.code == 0 and play.task(MODULE_TASK) == dict.fromkeys(HOSTS, "ok"), play.out
+    assert (fleet.conf("client-1") / "README").exists()
+
+
+def test_a_broken_file_fails_only_its_host(fleet):
+    fleet.declared["client-2"]["postgres.json5"] = "{\n  libpath: ,\n}\n"
+    live = fleet.live()
+    play = fleet.play()
+    assert play.code != 0, play.out
+    assert play.task(MODULE_TASK) == {"validator-1": "ok", "validator-2": "ok",
+                                      "client-1": "ok", "client-2": "fatal"}, play.out
+    recap = play.recap()
+    assert {h for h, counts in recap.items() if counts["failed"]} == {"client-2"}
+    # The reconciler's own one-line reason, with the file and line.
+    assert re.search(r'"msg": "\S+/client-2/plugins.d/postgres.json5:2:\d+: invalid JSON5',
+                     play.out), play.out
+    assert fleet.live() == live  # the invalid file's plugin is left exactly as it was
+    del fleet.declared["client-2"]["postgres.json5"]
+
+
+def test_ansible_doc_shows_every_option():
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(ANSIBLE), "ANSIBLE_NOCOLOR": "1",
+           "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    done = subprocess.run([str(BIN / "ansible-doc"), "--json",
+                           "slipstream.reconciler.slipstream_plugins"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)["slipstream.reconciler.slipstream_plugins"]["doc"]
+    options = doc["options"]
+    for option in ("config_dir", "node_url", "network", "state_dir", "jwt_token_file",
+                   "jwt_secret_file", "prune", "max_unloads", "allow_empty", "executable"):
+        assert options[option]["description"], option
+    assert doc["attributes"]["check_mode"]["support"] == "full"
+
+
+def test_ansible_lint_passes_offline():
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(ANSIBLE), "NO_COLOR": "1",
+           "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    done = subprocess.run([str(BIN / "ansible-lint")], cwd=ANSIBLE, capture_output=True,
+                          text=True, env=env, timeout=180, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
