@@ -111,6 +111,7 @@ class Fleet:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIPSTREAM_",
                                                                           "ANSIBLE_"))}
         env.update({"PATH": f"{BIN}:{env.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1",
+                    "ANSIBLE_PIPELINING": "1",
                     "ANSIBLE_COLLECTIONS_PATH": str(ANSIBLE),
                     "ANSIBLE_LOCAL_TEMP": str(self.top / "ansible-tmp"),
                     "ANSIBLE_HOME": str(self.top / "ansible-home"),
