@@ -192,6 +192,7 @@ def test_check_diff_names_the_hosts_that_would_change_and_changes_nothing(fleet)
     del fleet.declared["client-1"]["postgres.json5"]
     # An out-of-band change the files do not show: client-2's node lost a plugin.
     fleet.nodes["client-2"].manager.unload("metrics")
+    (fleet.conf("client-1") / "README").write_text("notes")
     files, live = fleet.files(), fleet.live()
     stray = set((fleet.top / "tmp").iterdir())
 
@@ -226,11 +227,8 @@ def test_the_change_then_applies_and_reports_those_hosts(fleet):
     assert live["client-1"] == ["metrics", "startup"]
     assert live["client-2"] == ["metrics", "postgres", "startup"]
     assert not (fleet.conf("client-1") / "postgres.json5").exists()
-    # A file nobody declared, but not a config: left alone.
-    (fleet.conf("client-1") / "README").write_text("notes")
-    play = fleet.play()
-    assert play.code == 0 and play.task(MODULE_TASK) == dict.fromkeys(HOSTS, "ok"), play.out
-    assert (fleet.conf("client-1") / "README").exists()
+    # A file nobody declared, but not a config (written before the dry run): left alone.
+    assert (fleet.conf("client-1") / "README").read_text() == "notes"
 
 
 def test_a_broken_file_fails_only_its_host(fleet):
@@ -270,3 +268,105 @@ def test_ansible_lint_passes_offline():
     done = subprocess.run([str(BIN / "ansible-lint")], cwd=ANSIBLE, capture_output=True,
                           text=True, env=env, timeout=180, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- the role for real, under the systemd that boots in namespaces (tests/sysns.py) ------
+SYSTEM_PYTHON = Path("/usr/bin/python3")  # what a Debian host has; ProtectHome= hides pyenv
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    pytest.importorskip("build", reason="the `build` package is missing (test extras)")
+    out = tmp_path_factory.mktemp("dist")
+    done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out),
+                           str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (found,) = out.glob("*.whl")
+    return found
+
+
+def test_the_role_installs_and_starts_the_service_under_systemd(tmp_path_factory, wheel):
+    from tests.sysns import UNIT, booted, free_port
+
+    if not SYSTEM_PYTHON.exists():
+        pytest.skip(f"no {SYSTEM_PYTHON} to make the venv with")
+    with booted(tmp_path_factory.mktemp("systemd")) as m:
+        # The wheel goes in through a pipe: the namespace has its own /tmp.
+        dest = f"/root/dist/{wheel.name}"
+        m.run("mkdir -p /root/dist")
+        done = subprocess.run(["nsenter", "-t", str(m.pid), "-a", "sh", "-c",
+                               f"cat > {dest}"], input=wheel.read_bytes(), capture_output=True)
+        assert done.returncode == 0, done.stderr
+        # The node, inside, with its start-up plugin and the fleet's secret.
+        secret = base64.b64encode(os.urandom(16)).decode()
+        port = free_port()
+        m.run("install -d -m 0755 /opt/plugin-libs /opt/refnode && printf startup > "
+              "/opt/refnode/libstartup.so && printf ELF > /opt/plugin-libs/libmetrics.so && "
+              "printf ELF > /opt/plugin-libs/libpostgres.so && chmod 0644 /opt/plugin-libs/*")
+        m.write("/opt/refnode/boot.json5", '{libpath: "libstartup.so"}')
+        m.run(f"systemd-run --unit=refnode --property=Restart=no {SCRIPT} node "
+              f"--rest 127.0.0.1:{port} --jwt-secret {secret} --rest-rps 0 "
+              "--slipstream-config /opt/refnode/boot.json5 --data-dir /var/lib/refnode")
+        # LoadCredential= cannot hand a credential over in this namespace (see
+        # test_systemd_real): this drop-in, not the role's, stands in for it.
+        m.write(f"/etc/systemd/system/{UNIT}.service.d/90-test-credential.conf", "\n".join([
+            "[Service]", "LoadCredential=", "RuntimeDirectory=slipstream-credentials",
+            "RuntimeDirectoryMode=0700",
+            "ExecStartPre=+/bin/sh -c 'install -m 0400 -o $(stat -c %%u "
+            "/run/slipstream-credentials) /etc/slipstream/jwt-secret "
+            "/run/slipstream-credentials/jwt-secret'",
+            "Environment=CREDENTIALS_DIRECTORY=/run/slipstream-credentials"]) + "\n")
+        host = {
+            "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+            "ansible_become": False,
+            "slipstream_reconciler_pip_source": dest,
+            "slipstream_reconciler_python": str(SYSTEM_PYTHON),
+            "slipstream_reconciler_converge": "daemon",
+            "slipstream_reconciler_node_url": f"http://127.0.0.1:{port}",
+            "slipstream_reconciler_jwt_secret": secret,
+            "slipstream_reconciler_max_rps": 0,
+            "slipstream_reconciler_settings": {"SLIPSTREAM_METRICS_ADDRESS": "off"},
+            "slipstream_reconciler_plugin_configs": [
+                {"file": "metrics.json5", "content":
+                 '{libpath: "/opt/plugin-libs/libmetrics.so", name: "metrics"}\n'},
+                {"file": "postgres.json5", "content":
+                 '{libpath: "/opt/plugin-libs/libpostgres.so", name: "postgres", '
+                 'password: "hunter2"}\n'}],
+        }
+        inventory = {"all": {"children": {"validators": {"hosts": {"validator-1": host}}}}}
+        m.write("/root/play/inventory.json", json.dumps(inventory))
+        play = (f"cd {EXAMPLES} && PATH={BIN}:$PATH ANSIBLE_NOCOLOR=1 "
+                f"ANSIBLE_COLLECTIONS_PATH={ANSIBLE} ANSIBLE_LOCAL_TEMP=/root/.ansible/tmp "
+                f"{BIN}/ansible-playbook -i /root/play/inventory.json site.yml")
+        first = m.run(play, check=False, timeout=240)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert m.show("ActiveState") == "active", m.run(f"systemctl status {UNIT}",
+                                                        check=False).stdout
+        assert m.show("StatusText") == "in sync: 2 plugins, 1 unmanaged"
+        assert m.show("UnitFileState") == "enabled"
+        # The unit is the repository's file, as is; the settings file starts as the
+        # repository's and adds this host's settings.
+        shipped = (ROOT / "systemd" / "slipstream-reconciler.service").read_text()
+        assert m.run(f"cat /etc/systemd/system/{UNIT}.service").stdout == shipped
+        settings = m.run("cat /etc/default/slipstream-reconciler").stdout
+        assert settings.startswith((ROOT / "systemd" / "slipstream-reconciler.env").read_text())
+        assert f"SLIPSTREAM_NODE_URL=http://127.0.0.1:{port}\n" in settings
+        assert secret not in settings and secret not in first.stdout + first.stderr
+        modes = m.run("stat -c '%U %a %n' /etc/slipstream /etc/slipstream/plugins.d "
+                      "/etc/slipstream/plugins.d/* /etc/slipstream/jwt-secret "
+                      "/opt/slipstream-reconciler/bin/slipstream-reconciler").stdout.split("\n")
+        assert modes[:5] == ["root 755 /etc/slipstream", "root 755 /etc/slipstream/plugins.d",
+                             "root 644 /etc/slipstream/plugins.d/metrics.json5",
+                             "root 644 /etc/slipstream/plugins.d/postgres.json5",
+                             "root 600 /etc/slipstream/jwt-secret"], modes
+        assert m.run("/usr/local/bin/slipstream-reconciler --version").stdout.startswith(
+            "slipstream-reconciler ")
+        # Again: nothing to do, and the daemon keeps running as it was.
+        pid = m.show("MainPID")
+        second = m.run(play, check=False, timeout=240)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert re.search(r"^validator-1\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0",
+                         second.stdout, re.M), second.stdout
+        assert m.show("MainPID") == pid
+        journal = m.run(f"journalctl -q -u {UNIT} -o cat --no-pager").stdout
+        assert "hunter2" not in journal and secret not in journal
