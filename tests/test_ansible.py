@@ -143,8 +143,9 @@ class Play:
     def task(self, name: str) -> dict[str, str]:
         """host -> ok / changed / fatal, for every run of the task (one per batch)."""
         results: dict[str, str] = {}
-        for section in re.split(r"^TASK \[", self.out, flags=re.M)[1:]:
-            if section.split("]", 1)[0].endswith(name):
+        for section in re.split(r"^(?=TASK \[|RUNNING HANDLER \[|PLAY )", self.out,
+                                flags=re.M):
+            if section.startswith("TASK [") and section.split("]", 1)[0].endswith(name):
                 for status, host in re.findall(r"^(ok|changed|fatal|skipping): \[([^\]]+)\]",
                                                section, re.M):
                     results[host] = status

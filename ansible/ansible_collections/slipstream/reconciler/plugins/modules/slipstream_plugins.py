@@ -48,16 +48,26 @@ options:
       - The directory of plugin configs, the truth (C(SLIPSTREAM_CONFIG_DIR)).
     type: path
     default: /etc/slipstream/plugins.d
-  planned_config_dir:
+  planned_files:
     description:
-      - Check mode only. A directory holding the config files as they will be once the
-        play has written them (the role stages them there); the plan is then made as if
-        they were already in O(config_dir).
-      - The command runs in a private mount namespace where this directory is bound over
-        O(config_dir), so paths and relative C(libpath)s read exactly as they will.
-        Nothing outside that process sees the bind. Needs root and C(unshare); without
-        them the plan is made against O(config_dir) as it is, with a warning.
-    type: path
+      - Check mode only. The config files as the play will write them, file name to
+        content, for a plan of what the node will do once they are in place
+        (the play's own file tasks do not write in check mode).
+      - The module writes them to a private staging directory and runs the command in a
+        private mount namespace where that directory is bound over O(config_dir), so
+        paths and relative C(libpath)s read exactly as they will. Nothing outside that
+        process sees it, and the directory is removed afterwards. Needs root and
+        C(unshare); without them the plan is made against O(config_dir) as it is, with a
+        warning.
+      - Plugin configs can hold the plugin's own secrets, so the contents are kept out of
+        logs (not the file names, which would then be masked wherever they show).
+    type: dict
+  planned_exclusive:
+    description:
+      - With O(planned_files), whether the other C(*.json5) and C(*.json) files now in
+        O(config_dir) go away (the role removes files it does not declare) or stay.
+    type: bool
+    default: true
   node_url:
     description:
       - The node's REST address (C(SLIPSTREAM_NODE_URL)); the command's default is
@@ -182,6 +192,7 @@ report:
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
@@ -272,22 +283,40 @@ def find_executable(module):
     return found
 
 
-def staged_command(module, command):
-    """`command` inside a private mount namespace with planned_config_dir bound over
-    config_dir, or None (with a warning) when that cannot be done here."""
-    staged, real = module.params["planned_config_dir"], module.params["config_dir"]
+def stage(module, staging, env):
+    """Writes the planned files into `staging` (0700, root's, as a config directory may
+    be) and returns the command's prefix that binds it over config_dir: [] when that
+    cannot be done here, said in a warning."""
+    real = module.params["config_dir"]
     unshare = shutil.which("unshare")
     if os.geteuid() != 0 or unshare is None:
-        module.warn(f"planned_config_dir needs root and unshare; the plan is against {real} "
-                    "as it is now")
-        return None
+        module.warn(f"planned_files needs root and unshare; the plan is against {real} as "
+                    "it is now")
+        return []
+    planned = module.params["planned_files"]
+    for name, content in planned.items():
+        if "/" in name or name.startswith(".") or not isinstance(content, str):
+            module.fail_json(msg=f"planned_files: {name!r} must be a plain file name with the "
+                                 "file's text as its value")
+    if not module.params["planned_exclusive"]:
+        for name in os.listdir(real):
+            if name.endswith((".json5", ".json")) and name not in planned and \
+                    os.path.isfile(os.path.join(real, name)):
+                shutil.copyfile(os.path.join(real, name), os.path.join(staging, name))
+    for name, content in planned.items():
+        path = os.path.join(staging, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(content)
+        os.chmod(path, 0o644)
     if not os.path.isdir(real):
-        module.warn(f"config_dir {real} does not exist yet; the plan is against {staged}, so "
-                    "config paths in it read as that directory")
-        return None
+        # A new host: nothing to bind over, and nothing applied yet to compare paths with.
+        module.warn(f"{real} does not exist yet; the plan reads the planned files from a "
+                    "staging directory, so the paths it shows are that directory's")
+        env["SLIPSTREAM_CONFIG_DIR"] = staging
+        return []
     script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
     return [unshare, "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
-            staged, real, *command]
+            staging, real]
 
 
 def main():
@@ -295,7 +324,8 @@ def main():
         argument_spec={
             "executable": {"type": "path"},
             "config_dir": {"type": "path", "default": "/etc/slipstream/plugins.d"},
-            "planned_config_dir": {"type": "path"},
+            "planned_files": {"type": "dict", "no_log": True},
+            "planned_exclusive": {"type": "bool", "default": True},
             "node_url": {"type": "str"},
             "network": {"type": "str", "choices": ["mainnet", "testnet", "canary"]},
             "api": {"type": "str", "choices": ["auto", "v2", "v1"]},
@@ -321,15 +351,18 @@ def main():
     if params["allow_empty"]:
         command.append("--allow-empty")
     env = settings_environment(params)
-    if module.check_mode and params["planned_config_dir"]:
-        command = staged_command(module, command) or command
-        if command[0] == executable and not os.path.isdir(params["config_dir"]):
-            env["SLIPSTREAM_CONFIG_DIR"] = params["planned_config_dir"]
-
     # run_command's environ_update would leave inherited SLIPSTREAM_* in place: clear them.
     for name in [n for n in os.environ if n.startswith("SLIPSTREAM_")]:
         del os.environ[name]
-    rc, out, err = module.run_command(command, environ_update=env, check_rc=False)
+    staging = None
+    try:
+        if module.check_mode and params["planned_files"] is not None:
+            staging = tempfile.mkdtemp(prefix="slipstream-plan-")
+            command = stage(module, staging, env) + command
+        rc, out, err = module.run_command(command, environ_update=env, check_rc=False)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     for line in err.splitlines():
         if line.startswith("warning: "):
             module.warn(line[len("warning: "):])
