@@ -19,6 +19,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,13 @@ def config(libs: Path, name: str, extra: str = "") -> str:
     return f'{{\n  libpath: "{lib}",\n  name: "{name}",{extra}\n}}\n'
 
 
+@dataclass(frozen=True)
+class Template:
+    """A plugin config declared as a template (the role renders it on the controller)."""
+
+    path: str
+
+
 class Fleet:
     """The hosts, their nodes, and the inventory written from what each host declares."""
 
@@ -69,6 +78,11 @@ class Fleet:
             if HOSTS[host] == "clients":
                 self.declared[host]["postgres.json5"] = config(
                     base / "libs", "postgres", '\n  connection_string: "postgres://aleo:hunter2@x"')
+        # client-2 declares its postgres config as a template instead, rendered per host.
+        template = top / "postgres.json5.j2"
+        template.write_text(self.declared["client-2"]["postgres.json5"].replace(
+            "aleo:hunter2@x", "aleo:hunter2@{{ inventory_hostname }}"))
+        self.declared["client-2"]["postgres.json5"] = Template(str(template))
 
     def conf(self, host: str) -> Path:
         return self.top / host / "plugins.d"
@@ -92,6 +106,7 @@ class Fleet:
                 "slipstream_reconciler_jwt_secret_path": str(base / "etc" / "jwt-secret"),
                 "slipstream_reconciler_jwt_secret": (base / "secret.b64").read_text(),
                 "slipstream_reconciler_plugin_configs": [
+                    {"file": f, "template": c.path} if isinstance(c, Template) else
                     {"file": f, "content": c} for f, c in sorted(self.declared[host].items())],
             }
         groups = {group: {"hosts": {h: hosts[h] for h, g in HOSTS.items() if g == group}}
@@ -173,6 +188,8 @@ def test_a_normal_run_converges_every_host(fleet):
             dict.fromkeys(fleet.declared[host], "0o644")
         secret = fleet.top / host / "etc" / "jwt-secret"
         assert oct(secret.stat().st_mode & 0o777) == "0o600"
+    rendered = (fleet.conf("client-2") / "postgres.json5").read_text()
+    assert 'connection_string: "postgres://aleo:hunter2@client-2"' in rendered
     # The secret and the plugin's own values never reach the play's output.
     assert "hunter2" not in play.out
     for host in HOSTS:
@@ -211,6 +228,9 @@ def test_check_diff_names_the_hosts_that_would_change_and_changes_nothing(fleet)
     assert re.search(r"^-plugin postgres: loaded$", play.out, re.M), play.out
     assert re.search(r"^\+plugin metrics: loaded from \S+/client-2/plugins.d/metrics.json5$",
                      play.out, re.M), play.out
+    # The planned files are the files as the play writes them, templates rendered too:
+    # client-2's postgres.json5 (a template) is not seen as changed.
+    assert "replace" not in play.out and "postgres: loaded from" not in play.out
     # Nothing changed: not the nodes, not the files, and no staging directory is left.
     assert fleet.live() == live
     assert fleet.files() == files
@@ -371,3 +391,63 @@ def test_the_role_installs_and_starts_the_service_under_systemd(tmp_path_factory
         assert m.show("MainPID") == pid
         journal = m.run(f"journalctl -q -u {UNIT} -o cat --no-pager").stdout
         assert "hunter2" not in journal and secret not in journal
+
+
+def test_the_built_collection_carries_the_repositorys_unit(tmp_path):
+    """`ansible-galaxy collection build` follows the role's links to systemd/: the unit and
+    its settings file in the collection are the repository's, not copies that drift."""
+    role = "roles/slipstream_reconciler"
+    done = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60,
+                          cwd=ANSIBLE / "ansible_collections/slipstream/reconciler")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (archive,) = tmp_path.glob("slipstream-reconciler-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        for name in ("slipstream-reconciler.service", "slipstream-reconciler.env"):
+            member = tar.extractfile(f"{role}/files/{name}")
+            assert member is not None, name
+            assert member.read() == (ROOT / "systemd" / name).read_bytes()
+        assert f"{role}/library/slipstream_plugins.py" in tar.getnames()
+
+
+def test_the_role_copied_alone_converges_a_node(tmp_path):
+    """A role copied into a playbook's roles/ (links followed), with no collection."""
+    shutil.copytree(ANSIBLE / "ansible_collections/slipstream/reconciler/roles/"
+                    "slipstream_reconciler", tmp_path / "roles" / "slipstream_reconciler",
+                    symlinks=False)
+    secret = os.urandom(16)
+    (tmp_path / "libstartup.so").write_bytes(b"startup")
+    (tmp_path / "startup.json5").write_text('{libpath: "libstartup.so"}')
+    node = RefNode(NodeOptions(port=0, jwt_secret=secret, rest_rps=0, data_dir=tmp_path / "node",
+                               slipstream_configs=[str(tmp_path / "startup.json5")])).start()
+    try:
+        conf = tmp_path / "plugins.d"
+        (tmp_path / "libs").mkdir()
+        host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                "slipstream_reconciler_install": False, "slipstream_reconciler_service": False,
+                "slipstream_reconciler_converge": "now",
+                "slipstream_reconciler_executable": str(SCRIPT),
+                "slipstream_reconciler_config_dir": str(conf),
+                "slipstream_reconciler_state_dir": str(tmp_path / "state"),
+                "slipstream_reconciler_node_url": node.url,
+                "slipstream_reconciler_jwt_secret": base64.b64encode(secret).decode(),
+                "slipstream_reconciler_jwt_secret_path": str(tmp_path / "jwt-secret"),
+                "slipstream_reconciler_plugin_configs": [
+                    {"file": "metrics.json5", "content": config(tmp_path / "libs", "metrics")}]}
+        (tmp_path / "inventory.json").write_text(json.dumps({"all": {"hosts": {"solo": host}}}))
+        (tmp_path / "play.yml").write_text(
+            "- name: One node\n  hosts: all\n  gather_facts: false\n"
+            "  roles:\n    - role: slipstream_reconciler\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLIPSTREAM_",
+                                                                          "ANSIBLE_"))}
+        env.update({"ANSIBLE_NOCOLOR": "1", "ANSIBLE_COLLECTIONS_PATH": str(tmp_path / "none"),
+                    "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
+                    "PATH": f"{BIN}:{env.get('PATH', '')}"})
+        done = subprocess.run([str(BIN / "ansible-playbook"), "-i", "inventory.json",
+                               "play.yml"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert re.search(r"^changed: \[solo\]", Play(0, done.stdout).out, re.M)
+        assert sorted(node.manager.names()) == ["metrics", "startup"]
+    finally:
+        node.stop()
