@@ -443,11 +443,22 @@ def test_the_role_copied_alone_converges_a_node(tmp_path):
         env.update({"ANSIBLE_NOCOLOR": "1", "ANSIBLE_COLLECTIONS_PATH": str(tmp_path / "none"),
                     "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
                     "PATH": f"{BIN}:{env.get('PATH', '')}"})
-        done = subprocess.run([str(BIN / "ansible-playbook"), "-i", "inventory.json",
-                               "play.yml"], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+        def play(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([str(BIN / "ansible-playbook"), "-i", "inventory.json",
+                                   "play.yml", *args], cwd=tmp_path, env=env, text=True,
+                                  capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+
+        # A dry run on a host never set up: it would change, and nothing is written.
+        done = play("--check", "--diff")
         assert done.returncode == 0, done.stdout + done.stderr
-        assert re.search(r"^changed: \[solo\]", Play(0, done.stdout).out, re.M)
+        assert Play(0, done.stdout).task(MODULE_TASK) == {"solo": "changed"}, done.stdout
+        assert "not planned: " in done.stdout + done.stderr
+        assert not conf.exists() and not (tmp_path / "jwt-secret").exists()
+        assert node.manager.names() == ["startup"]
+        done = play()
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert Play(0, done.stdout).task(MODULE_TASK) == {"solo": "changed"}, done.stdout
         assert sorted(node.manager.names()) == ["metrics", "startup"]
     finally:
         node.stop()

@@ -269,13 +269,26 @@ def failure_reason(rc, report, stderr):
     return f"slipstream-reconciler exited {rc}"
 
 
+def not_there_yet(module, what):
+    """Check mode on a host the play has not set up yet (its tool or credential is written
+    by the same play, which check mode does not do): nothing to plan against, and the
+    real run will change the node."""
+    module.warn(f"not planned: {what} is not on this host yet; the play puts it there")
+    module.exit_json(changed=True, command="plan", report=None,
+                     msg=f"not planned: {what} is not on this host yet")
+
+
 def find_executable(module):
     path = module.params["executable"]
     if path:
         if not os.access(path, os.X_OK):
+            if module.check_mode and not os.path.exists(path):
+                not_there_yet(module, path)
             module.fail_json(msg=f"executable {path} is not an executable file")
         return path
     found = module.get_bin_path("slipstream-reconciler", opt_dirs=[DEFAULT_DIR])
+    if not found and module.check_mode:
+        not_there_yet(module, "slipstream-reconciler")
     if not found:
         module.fail_json(msg=f"slipstream-reconciler is neither in PATH nor in {DEFAULT_DIR}: "
                              "install it (role slipstream.reconciler.slipstream_reconciler) "
@@ -346,6 +359,9 @@ def main():
     )
     params = module.params
     executable = find_executable(module)
+    secret = params["jwt_secret_file"]
+    if module.check_mode and secret and not os.path.exists(secret):
+        not_there_yet(module, secret)
     verb = "plan" if module.check_mode else "apply"
     command = [executable, verb, "--output", "json", "--detailed-exitcode"]
     if params["allow_empty"]:
