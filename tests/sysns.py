@@ -169,8 +169,9 @@ def booted(tmp: Path) -> Iterator[Machine]:
     try:
         state = m.wait_running()
         if state not in ("running", "degraded"):
+            jobs = m.run("systemctl list-jobs --no-pager", check=False).stdout.strip()
             pytest.skip(f"systemd in the namespace did not come up (is-system-running: "
-                        f"{state!r})")
+                        f"{state!r}; jobs: {jobs[:500]})")
         yield m
     finally:
         m.poweroff()

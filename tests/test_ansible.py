@@ -127,7 +127,7 @@ class Fleet:
                                                                           "ANSIBLE_"))}
         env.update({"PATH": f"{BIN}:{env.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1",
                     "ANSIBLE_PIPELINING": "1",
-                    "ANSIBLE_COLLECTIONS_PATH": str(ANSIBLE),
+                    # The collection comes from the example's own ansible.cfg.
                     "ANSIBLE_LOCAL_TEMP": str(self.top / "ansible-tmp"),
                     "ANSIBLE_HOME": str(self.top / "ansible-home"),
                     "TMPDIR": str(self.top / "tmp")})
