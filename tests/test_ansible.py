@@ -307,7 +307,7 @@ def wheel(tmp_path_factory) -> Path:
 
 
 def test_the_role_installs_and_starts_the_service_under_systemd(tmp_path_factory, wheel):
-    from tests.sysns import UNIT, booted, free_port
+    from tests.sysns import STATE, UNIT, booted, free_port
 
     if not SYSTEM_PYTHON.exists():
         pytest.skip(f"no {SYSTEM_PYTHON} to make the venv with")
@@ -389,6 +389,23 @@ def test_the_role_installs_and_starts_the_service_under_systemd(tmp_path_factory
         assert re.search(r"^validator-1\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0",
                          second.stdout, re.M), second.stdout
         assert m.show("MainPID") == pid
+        # converge: now beside the running daemon: the module's pass (root) and the
+        # daemon's take turns on one ledger, which stays the service user's.
+        m.run("printf ELF > /opt/plugin-libs/libindexer.so && "
+              "chmod 0644 /opt/plugin-libs/libindexer.so")
+        host["slipstream_reconciler_converge"] = "now"
+        host["slipstream_reconciler_plugin_configs"].append(
+            {"file": "indexer.json5",
+             "content": '{libpath: "/opt/plugin-libs/libindexer.so", name: "indexer"}\n'})
+        m.write("/root/play/inventory.json", json.dumps(inventory))
+        third = m.run(play, check=False, timeout=240)
+        assert third.returncode == 0, third.stdout + third.stderr
+        m.run(f"systemctl reload {UNIT}", timeout=30)
+        assert m.show("StatusText") == "in sync: 3 plugins, 1 unmanaged"
+        assert m.show("MainPID") == pid and m.show("NRestarts") == "0"
+        uid = m.run(f"stat -c %u /proc/{pid}").stdout.strip()
+        owners = set(m.run(f"find {STATE}/ -printf '%U\\n'").stdout.split())
+        assert owners == {uid}, owners
         journal = m.run(f"journalctl -q -u {UNIT} -o cat --no-pager").stdout
         assert "hunter2" not in journal and secret not in journal
 
