@@ -1,0 +1,1 @@
+../../../plugins/modules/slipstream_plugins.py
