@@ -182,7 +182,7 @@ class RefNode:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.manager: PluginManager | None = None
-        self.secret = options.jwt_secret
+        self.secret: bytes = options.jwt_secret or b""  # set for real at each boot
         self.token = ""
         self.port = options.port
         self._random = random.Random(options.faults.seed)
