@@ -46,6 +46,14 @@ def overlay_root(scratch: Path) -> Path:
     for d in ("run", "tmp"):
         sh("mount", "-t", "tmpfs", "-o", "mode=1777" if d == "tmp" else "mode=0755", d,
            str(root / d))
+    # This checkout (and its venv, the containers' tool) may live under /tmp or /run, which
+    # the fresh tmpfs above hide: bound back at its own path, read-only.
+    checkout = Path(__file__).resolve().parent.parent
+    if str(checkout).startswith(("/tmp/", "/run/")):
+        inside = root / str(checkout).lstrip("/")
+        inside.mkdir(parents=True, exist_ok=True)
+        sh("mount", "--bind", str(checkout), str(inside))
+        sh("mount", "-o", "remount,bind,ro", str(inside))
     return root
 
 

@@ -86,12 +86,14 @@ def deployed(machine):
     url = f"http://127.0.0.1:{port}"
     _wait(lambda: _answers(url), 15, "the reference node")
     # This checkout instead of /opt's venv; the node; short timeouts; the credential.
-    # A checkout or a Python (pyenv) under a home directory: ProtectHome= hides it, so
-    # show the service just those, read-only. /opt needs none of this.
-    hidden = [p for p in {str(ROOT), os.path.realpath(sys.base_prefix)}
-              if p.startswith(("/home/", "/root/", "/run/user/"))]
-    home = ["ProtectHome=tmpfs", *(f"BindReadOnlyPaths={p}" for p in sorted(hidden))] \
-        if hidden else []
+    # A checkout or a Python (pyenv) under a home directory (ProtectHome= hides it) or
+    # under /tmp (PrivateTmp= does): show the service just those, read-only. /opt needs
+    # none of this.
+    paths = {str(ROOT), os.path.realpath(sys.base_prefix)}
+    in_home = [p for p in paths if p.startswith(("/home/", "/root/", "/run/user/"))]
+    in_tmp = [p for p in paths if p.startswith(("/tmp/", "/var/tmp/"))]
+    home = (["ProtectHome=tmpfs"] if in_home else []) + \
+        [f"BindReadOnlyPaths={p}" for p in sorted(in_home + in_tmp)]
     m.write(f"{DROPIN}/10-this-checkout.conf", "\n".join([
         "[Service]", "ExecStart=", f"ExecStart={SCRIPT} run",
         "ExecReload=", f"ExecReload={SCRIPT} reload --pid $MAINPID", *home]) + "\n")
