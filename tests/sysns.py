@@ -7,6 +7,11 @@ tree: at boot systemd-tmpfiles empties /tmp (tmp.conf's `D /tmp`), the CI checko
 included. /run, /tmp and /dev/shm get fresh tmpfs inside, and this checkout is bound
 read-only at its own path (it may live under /tmp).
 
+It boots to basic.target, not multi-user.target: the image's own services (a PostgreSQL
+enabled in the host's /etc, for one) would otherwise start inside too, and under load
+keep the boot 'starting' past the wait, which skipped these tests. The tests start the
+units they need themselves.
+
 Shared by test_systemd_real (the unit, following the operator guide) and test_ansible
 (the role that installs it).
 """
@@ -52,7 +57,7 @@ mkdir -p "$T/root/oldroot"
 cd "$T/root"
 pivot_root . oldroot
 umount -l /oldroot
-exec /lib/systemd/systemd --system
+exec /lib/systemd/systemd --system --unit=basic.target
 """
 
 
