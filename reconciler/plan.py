@@ -83,15 +83,12 @@ class Load:
         return label(self.name)
 
 
-@dataclass(frozen=True)
-class Replace:
-    """Unload the applied plugin (`entry`), load the file's new state (`desired`): the node
-    cannot reload in place. The entry is what a failed load rolls back to."""
+class _Applied:
+    """A declared plugin that was applied before: the file's name if it declares one,
+    else the name the node gave (the entry's); the file as it is now."""
 
     desired: DesiredPlugin
     entry: Entry
-    reason: str
-    action: ClassVar[Action] = Action.REPLACE
 
     @property
     def name(self) -> str:
@@ -100,6 +97,17 @@ class Replace:
     @property
     def config_file(self) -> str:
         return self.desired.config_file
+
+
+@dataclass(frozen=True)
+class Replace(_Applied):
+    """Unload the applied plugin (`entry`), load the file's new state (`desired`): the node
+    cannot reload in place. The entry is what a failed load rolls back to."""
+
+    desired: DesiredPlugin
+    entry: Entry
+    reason: str
+    action: ClassVar[Action] = Action.REPLACE
 
     @property
     def label(self) -> str:
@@ -185,21 +193,13 @@ Change = Load | Replace | Unload | Adopt | Forget
 
 
 @dataclass(frozen=True)
-class InSync:
+class InSync(_Applied):
     """A declared plugin the node runs as applied: nothing to do."""
 
     desired: DesiredPlugin
     entry: Entry
     reason: str = "in sync"
     action: ClassVar[Action] = Action.NOOP
-
-    @property
-    def name(self) -> str:
-        return self.desired.name if self.desired.name is not None else self.entry.name
-
-    @property
-    def config_file(self) -> str:
-        return self.desired.config_file
 
 
 @dataclass(frozen=True)

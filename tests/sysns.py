@@ -180,3 +180,15 @@ def booted(tmp: Path) -> Iterator[Machine]:
         yield m
     finally:
         m.poweroff()
+
+
+# LoadCredential= cannot hand a credential over in these namespaces (the credentials
+# directory comes out unreadable): this drop-in stands in for it, as root copying the
+# secret 0400 to the service's (dynamic) user and pointing $CREDENTIALS_DIRECTORY there.
+CREDENTIAL_DROPIN = "\n".join([
+    "[Service]", "LoadCredential=", "RuntimeDirectory=slipstream-credentials",
+    "RuntimeDirectoryMode=0700",
+    "ExecStartPre=+/bin/sh -c 'install -m 0400 -o $(stat -c %%u "
+    "/run/slipstream-credentials) /etc/slipstream/jwt-secret "
+    "/run/slipstream-credentials/jwt-secret'",
+    "Environment=CREDENTIALS_DIRECTORY=/run/slipstream-credentials"]) + "\n"

@@ -303,7 +303,7 @@ def wheel(tmp_path_factory) -> Path:
 
 
 def test_the_role_installs_and_starts_the_service_under_systemd(tmp_path_factory, wheel):
-    from tests.sysns import STATE, UNIT, booted, free_port
+    from tests.sysns import CREDENTIAL_DROPIN, STATE, UNIT, booted, free_port
 
     if not SYSTEM_PYTHON.exists():
         pytest.skip(f"no {SYSTEM_PYTHON} to make the venv with")
@@ -326,13 +326,7 @@ def test_the_role_installs_and_starts_the_service_under_systemd(tmp_path_factory
               "--slipstream-config /opt/refnode/boot.json5 --data-dir /var/lib/refnode")
         # LoadCredential= cannot hand a credential over in this namespace (see
         # test_systemd_real): this drop-in, not the role's, stands in for it.
-        m.write(f"/etc/systemd/system/{UNIT}.service.d/90-test-credential.conf", "\n".join([
-            "[Service]", "LoadCredential=", "RuntimeDirectory=slipstream-credentials",
-            "RuntimeDirectoryMode=0700",
-            "ExecStartPre=+/bin/sh -c 'install -m 0400 -o $(stat -c %%u "
-            "/run/slipstream-credentials) /etc/slipstream/jwt-secret "
-            "/run/slipstream-credentials/jwt-secret'",
-            "Environment=CREDENTIALS_DIRECTORY=/run/slipstream-credentials"]) + "\n")
+        m.write(f"/etc/systemd/system/{UNIT}.service.d/90-test-credential.conf", CREDENTIAL_DROPIN)
         host = {
             "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
             "ansible_become": False,

@@ -29,7 +29,7 @@ import time
 import pytest
 import requests
 
-from tests.sysns import ROOT, SCRIPT, STATE, UNIT, Machine, booted, free_port
+from tests.sysns import CREDENTIAL_DROPIN, ROOT, SCRIPT, STATE, UNIT, Machine, booted, free_port
 
 GUIDE = ROOT / "docs" / "operator-guide.md"
 DROPIN = f"/etc/systemd/system/{UNIT}.service.d"
@@ -102,13 +102,7 @@ def deployed(machine):
         f"Environment=SLIPSTREAM_NODE_URL={url}", "Environment=SLIPSTREAM_MAX_RPS=10",
         "Environment=SLIPSTREAM_TIMEOUT=2", "Environment=SLIPSTREAM_PROBE_INTERVAL=0.5",
         "Environment=SLIPSTREAM_METRICS_ADDRESS=off"]) + "\n")
-    m.write(f"{DROPIN}/30-credential.conf", "\n".join([
-        "[Service]", "LoadCredential=", "RuntimeDirectory=slipstream-credentials",
-        "RuntimeDirectoryMode=0700",
-        "ExecStartPre=+/bin/sh -c 'install -m 0400 -o $(stat -c %%u "
-        "/run/slipstream-credentials) /etc/slipstream/jwt-secret "
-        "/run/slipstream-credentials/jwt-secret'",
-        "Environment=CREDENTIALS_DIRECTORY=/run/slipstream-credentials"]) + "\n")
+    m.write(f"{DROPIN}/30-credential.conf", CREDENTIAL_DROPIN)
     started = time.monotonic()
     for line in systemctl:
         done = m.run(line, check=False, timeout=90)
