@@ -27,10 +27,10 @@ test: $(STAMP)
 # Long chaos: random edits, faults and restarts with the daemon running, and SIGKILLs
 # in the middle of large applies, over many seeds (figures in docs/security.md).
 soak: $(STAMP)
-	SLIPSTREAM_CHAOS_EXAMPLES=100 SLIPSTREAM_CHAOS_STEPS=50 \
+	SLIPSTREAM_CHAOS_EXAMPLES=200 SLIPSTREAM_CHAOS_STEPS=50 \
 		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_chaos.py
 	for seed in 1 2 3 4 5 6 7 8 9 10; do \
-		SLIPSTREAM_CRASH_SEED=$$seed SLIPSTREAM_CRASH_ROUNDS=30 \
+		SLIPSTREAM_CRASH_SEED=$$seed SLIPSTREAM_CRASH_ROUNDS=50 \
 			$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_crash.py || exit 1; \
 	done
 

@@ -131,6 +131,7 @@ class Daemon:
         self.node_down = False
         self.summary = "starting"
         self.logged_summary = ""
+        self.logged_kind = ""
         self.rows: tuple[PluginStatus, ...] = ()
         self.last_success: float | None = None
         self.record_error: str | None = None  # the last failure to write daemon.json
@@ -441,12 +442,20 @@ class Daemon:
     def _write_record(self, wake: Wake, started: float, duration: float, outcome: str,
                       error: str | None) -> None:
         retry_at = self.trigger.retry_at
+        client = self.reconciler.client
+        if client.kind is not None and client.described != self.logged_kind:
+            # Which kind of node this is, in the operator's words, once per change of kind
+            # (an upgrade to a build without the API, a downgrade to one with only /v1).
+            log.info("node %s: %s", self.settings.shown_url, client.described)
+            self.logged_kind = client.described
         record = {
             "format_version": FORMAT_VERSION,
             "pid": os.getpid(),
             "started_at": self.started_at,
             "passes": self.passes,
             "node": self.settings.shown_url,
+            "node_kind": client.kind.value if client.kind is not None else None,
+            "node_described": client.described,
             "summary": self.summary,
             "last_pass": {"trigger": wake.primary, "reasons": sorted(wake.reasons),
                           "started_at": started, "ended_at": started + duration,

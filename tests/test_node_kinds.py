@@ -185,6 +185,7 @@ def test_the_daemon_shows_a_node_without_the_api_as_unsupported_and_unloads_noth
     ws.config("postgres.json5", name="postgres")
     d = daemon(node)
     wait_for(lambda: "postgres" in node.manager.names(), message="postgres loaded")
+    wait_for(lambda: (d.record() or {}).get("node_kind") == "api", message="the kind")
     node.stop()  # the node is replaced by a build without the feature
     node.options.slipstream, node.options.slipstream_configs = False, []
     node.start()
@@ -192,6 +193,8 @@ def test_the_daemon_shows_a_node_without_the_api_as_unsupported_and_unloads_noth
                       and r, message="the unsupported state")
     assert "--features slipstream-plugins" in record["summary"]
     assert record["last_pass"]["result"] == "unsupported"
+    assert record["node_kind"] == "unsupported"
+    assert "snarkOS without the Slipstream plugin API" in d.log  # said once, in words
     status = cli("status", node=node)
     assert status.code == 1 and "no Slipstream plugin API" in status.err
     node.stop()  # and back: a build with the API again, restarted without run-time plugins
