@@ -35,6 +35,7 @@ from tests.conftest import SCRIPT, wait_for
 NAMES = ("p0", "p1", "p2", "p3", "p4")
 EXAMPLES = int(os.environ.get("SLIPSTREAM_CHAOS_EXAMPLES", "3"))
 STEPS = int(os.environ.get("SLIPSTREAM_CHAOS_STEPS", "12"))
+COUNT_FILE = os.environ.get("SLIPSTREAM_CHAOS_COUNT_FILE")
 
 
 @dataclass
@@ -78,8 +79,12 @@ class Chaos(RuleBasedStateMachine):
         # Deleting the last config file looks like a failed mount: the brake keeps the
         # plugins (no --allow-empty) until the directory holds a config file again.
         self.kept_by_brake: set[str] = set()
+        self.checks = 0
 
     def teardown(self) -> None:
+        if COUNT_FILE:  # make soak adds up the operations it really ran
+            with open(COUNT_FILE, "a") as count:
+                count.write(f"{max(0, self.checks - 1)}\n")
         self.daemon.send_signal(signal.SIGTERM)
         try:
             assert self.daemon.wait(timeout=10) == 0
@@ -222,6 +227,7 @@ class Chaos(RuleBasedStateMachine):
 
     @invariant()
     def settles_and_never_unloads_a_broken_files_plugin(self) -> None:
+        self.checks += 1  # once at the start, then once after every operation
         try:
             wait_for(self.converged, timeout=15, interval=0.02, message="the quiet state")
         except AssertionError:
