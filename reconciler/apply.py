@@ -266,10 +266,14 @@ class _Run:
         this config failed so that it is not retried until the file or library changes."""
         previous = change.entry
         copy = self.store.copy_path(previous.config_sha256)
-        # Held until the files change only when the node blames the plugin; a node having
-        # a bad moment is retried (the daemon stalls a failure that keeps repeating).
-        failed = (FailedReplace(fresh.config_sha256, fresh.library_sha256, reason)
-                  if blames_the_plugin(reason) else None)
+        # Held until the files change only when the node blames the plugin, for the files
+        # we asked it to load: a file moved, deleted or rewritten between our read and the
+        # node's ("Cannot open the plugin config file: … NotFound") is not the plugin's
+        # fault, and the same bytes coming back must be tried again. A node having a bad
+        # moment is retried too (the daemon stalls a failure that keeps repeating).
+        blamed = blames_the_plugin(reason) and self.reader.reread(change.config_file) == fresh
+        failed = FailedReplace(fresh.config_sha256, fresh.library_sha256, reason) \
+            if blamed else None
         if not copy.exists():
             return Outcome(change, False, f"replace failed ({reason}), and there is no copy "
                            "of the previous config to roll back to; the plugin is not loaded",

@@ -178,3 +178,43 @@ def test_escape_sequences_from_the_node_never_reach_the_terminal(cli, ws, node):
         result = cli("status", node=node, env=env)
         assert "\x1b]0;" not in result.out and "x?]0;pwned?y" in result.out
     assert "\\u001b" in cli("status", "-o", "json", node=node).out  # JSON escapes it
+
+
+def test_a_file_moved_while_the_node_reads_it_is_not_held_as_a_failed_replace(
+        cli, ws, make_node):
+    """The chaos soak found it: a config renamed between the reconciler's read and the
+    node's made the node answer "Cannot open the plugin config file … NotFound", which
+    blamed the plugin and held the replace for those bytes forever. The same bytes back
+    at the same path must be replaced at the next pass."""
+    import threading
+    import time
+
+    from reconciler.refnode import Faults
+
+    node = make_node(faults=Faults(latency_ms=400))
+    ws.config("pg.json5", name="pg")
+    assert cli("apply", node=node).code == 0
+    ws.config("pg.json5", name="pg", extra="batch_size: 200")  # a change: a replace
+    path, away = ws.conf / "pg.json5", ws.root / "pg.json5.away"
+    deletes = len([r for r in node.requests if r.method == "DELETE"])
+
+    def move_while_the_load_is_in_flight() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the DELETE is logged; the POST now waits
+            if len([r for r in node.requests if r.method == "DELETE"]) > deletes:
+                os.replace(path, away)
+                return
+            time.sleep(0.005)
+
+    mover = threading.Thread(target=move_while_the_load_is_in_flight)
+    mover.start()
+    first = cli("apply", node=node)
+    mover.join()
+    assert first.code == 3 and "Cannot open the plugin config file" in first.out + first.err
+    assert "pg" in node.manager.names()  # rolled back: the previous config runs
+    os.replace(away, path)  # the same bytes, back
+    second = cli("apply", node=node)
+    assert second.code == 0, second.out + second.err
+    assert "replaced" in second.out
+    entry = LedgerStore(ws.state).load().entries["pg"]
+    assert entry.failed_replace is None
