@@ -10,7 +10,8 @@ means one thing a caller can act on; nothing above the node client looks at HTTP
     ├── LedgerError              the ledger is corrupt or cannot be written
     ├── StalePlanError           a saved plan no longer matches the world
     └── NodeError                the node could not do what was asked
-        ├── NodeUnreachable          connection refused, reset, timed out
+        ├── NodeUnreachable          connection refused, reset, …
+        │   └── NodeTimeout          no answer within --timeout (a load may still finish)
         ├── Unauthorized             401 after a token refresh
         ├── ApiAbsent                404 on every prefix: a build without the Slipstream API
         ├── NoPluginManager          503: started without any --slipstream-config
@@ -60,6 +61,11 @@ class NodeError(ReconcilerError):
 
 class NodeUnreachable(NodeError):
     pass
+
+
+class NodeTimeout(NodeUnreachable):
+    """The node did not answer in time. The node has no server timeout, so a load we gave
+    up on may still complete: the next pass reads the list before deciding anything."""
 
 
 class Unauthorized(NodeError):

@@ -30,6 +30,7 @@ from reconciler.errors import (
     BadResponse,
     HiddenCause,
     NodeError,
+    NodeTimeout,
     NodeUnreachable,
     NoPluginManager,
     NotLoaded,
@@ -249,15 +250,13 @@ class NodeClient:
     def load(self, config_file: str) -> str:
         try:
             answer = self._call("POST", "", {"config_file": config_file})
-        except NodeUnreachable as exc:
-            if "did not answer within" not in str(exc):
-                raise
+        except NodeTimeout as exc:
             # The node has no server timeout and a slow on_load holds its write lock: the
             # load goes on without us and may still succeed. The next pass reads the list.
-            raise NodeUnreachable(f"{exc} to the load of {config_file}; a slow plugin "
-                                  "on_load may still complete it: the next pass finds it in "
-                                  "the node's list and records it, and never loads it "
-                                  "twice") from None
+            raise NodeTimeout(f"{exc} to the load of {config_file}; a slow plugin "
+                              "on_load may still complete it: the next pass finds it in "
+                              "the node's list and records it, and never loads it "
+                              "twice") from None
         try:
             name = json.loads(answer.body)["loaded"]
         except (ValueError, KeyError, TypeError):
@@ -346,7 +345,7 @@ class NodeClient:
                 raw = _read_capped(response, self.timeout)
             status = response.status_code
         except requests.exceptions.Timeout:
-            raise NodeUnreachable(f"the node at {self.shown} did not answer within "
+            raise NodeTimeout(f"the node at {self.shown} did not answer within "
                                   f"{self.timeout:g} s") from None
         except requests.exceptions.SSLError as exc:
             reason = "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(exc) \
