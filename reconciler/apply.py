@@ -11,17 +11,14 @@ manager) ends the pass, leaving the intent of the call in flight in the journal.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import assert_never
-from urllib.parse import urlsplit
 
 from reconciler import nodepath
-from reconciler.auth import token_source
 from reconciler.configdir import DirectoryReader, Trust
 from reconciler.desired import Desired, DesiredPlugin, Problem
 from reconciler.errors import (
@@ -35,7 +32,7 @@ from reconciler.errors import (
 )
 from reconciler.ledger import Entry, FailedReplace, Intent, Ledger
 from reconciler.ledgerstore import LedgerStore
-from reconciler.node import NodeClient, blames_the_plugin
+from reconciler.nodeclient import NodeClient, connect
 from reconciler.outcome import Outcome, PassResult
 from reconciler.plan import (
     Adopt,
@@ -79,7 +76,7 @@ class Reconciler:
                                                 cache_path=settings.state / "cache.json",
                                                 check_libraries=settings.check_libraries,
                                                 node_path=settings.node_path)
-        self.store = LedgerStore(settings.state, sync_intents=not on_this_host(settings.node_url))
+        self.store = LedgerStore(settings.state, sync_intents=not settings.node_on_this_host)
         self.live_override = live_override
         self._client = client
         self._own_client = client is None  # one handed in is its owner's to close
@@ -105,8 +102,7 @@ class Reconciler:
     @property
     def client(self) -> NodeClient:
         if self._client is None:
-            s = self.settings
-            self._client = node_client(s)
+            self._client = connect(self.settings)
         return self._client
 
     def snapshot(self) -> Snapshot:
@@ -118,7 +114,7 @@ class Reconciler:
     def plan(self) -> tuple[Plan, str]:
         """A dry run: the plan and the fingerprint of what it was made from."""
         snap = self.snapshot()
-        return (plan(snap.desired, snap.live, snap.ledger, self.policy),
+        return (plan(snap.desired, snap.live, snap.ledger, self.policy, self.settings.rules),
                 fingerprint(snap.desired, snap.live, snap.ledger))
 
     def cannot_apply(self, the_plan: Plan) -> str | None:
@@ -138,7 +134,8 @@ class Reconciler:
                  should_stop: Callable[[], bool] | None = None) -> PassResult:
         with self.store.lock(on_wait):
             snap = self.snapshot()
-            the_plan = plan(snap.desired, snap.live, snap.ledger, self.policy)
+            the_plan = plan(snap.desired, snap.live, snap.ledger, self.policy,
+                            self.settings.rules)
             mark = fingerprint(snap.desired, snap.live, snap.ledger)
             if expect_fingerprint is not None and expect_fingerprint != mark:
                 raise StalePlanError("stale plan: the node's plugins, the config files or the "
@@ -154,34 +151,6 @@ class Reconciler:
                     self.store.compact()
             stopped = len(outcomes) < len(the_plan.changes)
             return PassResult(the_plan, outcomes, tuple(snap.live), snap.desired, stopped)
-
-
-def on_this_host(node_url: str) -> bool:
-    """Whether the node is reached on loopback, and so shares this host's power cuts
-    (which also clear its run-time plugins). Any other address, names included, counts
-    as another host: the ledger then syncs each intent before the call."""
-    host = urlsplit(node_url).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def node_client(settings: Settings) -> NodeClient:
-    """A client for the settings' node. Turning TLS verification off is said out loud."""
-    if settings.insecure_skip_verify and settings.node_url.startswith("https:"):
-        log.warning("TLS certificate verification of %s is OFF (--insecure-skip-verify): "
-                    "anyone on the path can impersonate the node and read the token",
-                    settings.shown_url)
-        import urllib3
-
-        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once above
-    return NodeClient(settings.node_url, settings.network,
-                      token_source(settings.jwt_token_file, settings.jwt_secret_file),
-                      api=settings.api, max_rps=settings.max_rps, timeout=settings.timeout,
-                      verify=settings.verify)
 
 
 def execute(the_plan: Plan, client: NodeClient, store: LedgerStore, ledger: Ledger,
@@ -271,7 +240,8 @@ class _Run:
         # node's ("Cannot open the plugin config file: … NotFound") is not the plugin's
         # fault, and the same bytes coming back must be tried again. A node having a bad
         # moment is retried too (the daemon stalls a failure that keeps repeating).
-        blamed = blames_the_plugin(reason) and self.reader.reread(change.config_file) == fresh
+        blamed = (self.client.blames_the_plugin(reason)
+                  and self.reader.reread(change.config_file) == fresh)
         failed = FailedReplace(fresh.config_sha256, fresh.library_sha256, reason) \
             if blamed else None
         if not copy.exists():

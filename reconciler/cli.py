@@ -150,7 +150,7 @@ def _fleet(targets_file: Path, settings: Settings, job: Job, output: Output, wor
 
         def header(target: Target) -> None:
             if output is Output.text:
-                typer.echo(paint(f"== {target.name} ({target.settings.shown_url})"),
+                typer.echo(paint(f"== {target.name} ({target.settings.shown_node})"),
                            color=True)
 
         def outcome(target: Target, report: Report) -> None:
@@ -176,7 +176,7 @@ def _fleet(targets_file: Path, settings: Settings, job: Job, output: Output, wor
 
     codes = [r.code for r in reports if r is not None]
     rows: list[render.FleetRow] = [
-        (t.name, t.settings.shown_url, None if r is None else r.code,
+        (t.name, t.settings.shown_node, None if r is None else r.code,
          None if r is None else r.data) for t, r in zip(targets, reports, strict=True)]
     if output is Output.json:
         _emit(render.fleet_json(rows))
@@ -186,7 +186,7 @@ def _fleet(targets_file: Path, settings: Settings, job: Job, output: Output, wor
         for target, report in zip(targets, reports, strict=True):
             if report is None or in_order:
                 continue  # in order, each was printed as it finished
-            typer.echo(paint(f"== {target.name} ({target.settings.shown_url})"), color=True)
+            typer.echo(paint(f"== {target.name} ({target.settings.shown_node})"), color=True)
             _print(report, output)
             typer.echo("")
         typer.echo(render.fleet_summary(rows, MEANING))
@@ -284,9 +284,9 @@ def _plan_report(settings: Settings, policy: Policy, output: Output, detailed_ex
     with reconciler:
         the_plan, mark = reconciler.plan()
         refused = reconciler.cannot_apply(the_plan)
-    shown = settings.shown_url if live is None else f"(live state from {live_from})"
+    shown = settings.shown_node if live is None else f"(live state from {live_from})"
     client = reconciler.client if live is None else None
-    kind = client.kind.value if client is not None and client.kind is not None else None
+    kind = client.kind if client is not None else None
     data = render.plan_json(the_plan, shown, settings.network, kind, refused)
     if out is not None:
         from reconciler import planfile
@@ -384,7 +384,7 @@ def _apply_report(settings: Settings, policy: Policy, output: Output, detailed_e
     sys.stdout.flush()
     lines = []
     if result.plan.invalid or result.plan.blocked or not result.outcomes:
-        lines.append(render.plan_text(result.plan, directory, settings.shown_url,
+        lines.append(render.plan_text(result.plan, directory, settings.shown_node,
                                       settings.network))
     if not result.plan.blocked:
         lines.append(render.apply_summary(result))
@@ -399,8 +399,8 @@ def _apply_report(settings: Settings, policy: Policy, output: Output, detailed_e
         code = CHANGES if detailed_exitcode and result.changed else OK
     kind = reconciler.client.kind
     return _as_report(output, code, "\n".join(lines),
-                      render.apply_json(result, settings.shown_url, settings.network,
-                                        kind.value if kind else None), err)
+                      render.apply_json(result, settings.shown_node, settings.network,
+                                        kind), err)
 
 
 # -- status -----------------------------------------------------------------------------
@@ -445,12 +445,12 @@ def _status_report(settings: Settings, policy: Policy, output: Output) -> Report
     prefix = client.prefix
     directory = str(settings.config_dir.absolute())
     meta: dict[str, object] = {
-        "node": settings.shown_url, "network": settings.network, "api_prefix": prefix,
-        "node_kind": client.kind.value if client.kind else None, "cannot_apply": refused,
+        "node": settings.shown_node, "network": settings.network, "api_prefix": prefix,
+        "node_kind": client.kind, "cannot_apply": refused,
         "config_dir": directory, "in_sync": in_sync(rows),
         "daemon": render.daemon_json(record, alive)}
     counts = ", ".join(f"{n} {s}" for s, n in sorted(count_states(rows).items()))
-    footer = (f"node {settings.shown_url} · network {settings.network} · {client.described}"
+    footer = (f"node {settings.shown_node} · network {settings.network} · {client.described}"
               f" · {counts or 'no plugins'}")
     if refused:
         footer += f"\nthis node cannot apply the changes: {refused}"

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from reconciler.apply import Reconciler, node_client
+from reconciler.apply import Reconciler
 from reconciler.atomicfile import atomic_write
 from reconciler.desired import file_name
 from reconciler.errors import (
@@ -163,7 +163,7 @@ class Daemon:
             prober = threading.Thread(target=probe.run, name="probe", daemon=True)
             loop.start()
             prober.start()
-            log.info("reconciling %s onto %s (%s)", self.directory, self.settings.shown_url,
+            log.info("reconciling %s onto %s (%s)", self.directory, self.settings.shown_node,
                      self.settings.network)
             self._serve_signals()
             self.notifier.stopping()
@@ -239,8 +239,7 @@ class Daemon:
 
     def _hook_clients(self) -> None:
         client = self.reconciler.client
-        self.probe_client = node_client(self.settings)
-        self.probe_client.pacer = client.pacer  # one budget: the node limits per client IP
+        self.probe_client = client.sibling()  # one budget: the node limits per client
 
         def on_response(method: str, status: int) -> None:
             self.progress = time.monotonic()
@@ -343,7 +342,7 @@ class Daemon:
         self.managed = frozenset(ledger.entries)
         if result.desired is not None:
             after = plan(result.desired, sorted(self.expected_live), ledger,
-                         replace(policy, hold=holds))
+                         replace(policy, hold=holds), self.settings.rules)
             self.rows = statuses(after)
         counts = count_states(self.rows)
         self.metrics.set_states(counts)
@@ -395,7 +394,7 @@ class Daemon:
         self.metrics.node_up.set(1)
         if self.node_down:
             self.node_down = False
-            log.info("node %s is answering again", self.settings.shown_url)
+            log.info("node %s is answering again", self.settings.shown_node)
 
     # -- what the probe saw, judged by the loop ---------------------------------------------
     def _judge(self, report: Report) -> None:
@@ -446,15 +445,15 @@ class Daemon:
         if client.kind is not None and client.described != self.logged_kind:
             # Which kind of node this is, in the operator's words, once per change of kind
             # (an upgrade to a build without the API, a downgrade to one with only /v1).
-            log.info("node %s: %s", self.settings.shown_url, client.described)
+            log.info("node %s: %s", self.settings.shown_node, client.described)
             self.logged_kind = client.described
         record = {
             "format_version": FORMAT_VERSION,
             "pid": os.getpid(),
             "started_at": self.started_at,
             "passes": self.passes,
-            "node": self.settings.shown_url,
-            "node_kind": client.kind.value if client.kind is not None else None,
+            "node": self.settings.shown_node,
+            "node_kind": client.kind,
             "node_described": client.described,
             "summary": self.summary,
             "last_pass": {"trigger": wake.primary, "reasons": sorted(wake.reasons),

@@ -21,6 +21,7 @@ from typing import ClassVar, assert_never
 
 from reconciler.desired import UNCHECKED, Desired, DesiredPlugin, Problem, file_name, label
 from reconciler.ledger import Entry, Intent, Ledger
+from reconciler.noderules import SNARKOS, NodeRules
 
 
 class Action(StrEnum):
@@ -270,7 +271,9 @@ ORDER = (Action.FORGET, Action.ADOPT, Action.UNLOAD, Action.REPLACE, Action.LOAD
 
 
 def plan(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger,
-         policy: Policy = Policy()) -> Plan:
+         policy: Policy = Policy(), rules: NodeRules = SNARKOS) -> Plan:
+    """`rules` is what the kind of node does (reconciler.noderules): the planner reads
+    its fields, never the kind's name."""
     live_set = set(live)
     declared = {p.name for p in desired.plugins if p.name is not None}
     files = {p.config_file for p in desired.plugins} | desired.invalid_files
@@ -297,6 +300,9 @@ def plan(desired: Desired, live: list[str] | tuple[str, ...], ledger: Ledger,
         failed = entry.failed_replace if entry is not None else None
         if hold is not None and isinstance(change, Load | Replace):
             held.append(Held(change, f"stalled: {hold.reason}", "stalled"))
+        elif isinstance(change, Replace) and _rebuilt_in_place(change, rules):
+            held.append(Held(change, rebuilt_in_place_reason(change.desired.libpath, rules),
+                             "rebuilt-in-place"))
         elif (isinstance(change, Replace) and failed is not None
               and (failed.config_sha256, failed.library_sha256)
               == (plugin.config_sha256, plugin.library_sha256)):
@@ -366,6 +372,24 @@ def _for_desired(plugin: DesiredPlugin, entry: Entry | None,
     if entry.config_file != plugin.config_file:
         return Replace(plugin, entry, f"config file moved from {file_name(entry.config_file)}")
     return InSync(plugin, entry)
+
+
+def _rebuilt_in_place(change: Replace, rules: NodeRules) -> bool:
+    """A changed library at the path it was loaded from, where the node would keep running
+    the copy already in memory: a replace would report new code that never ran."""
+    return (rules.keeps_old_code_at_same_path
+            and change.entry.libpath == change.desired.libpath
+            and change.entry.library_sha256 != change.desired.library_sha256
+            and change.desired.library_sha256 != UNCHECKED)
+
+
+def rebuilt_in_place_reason(libpath: str, rules: NodeRules) -> str:
+    """What validate and plan tell an operator who rebuilt a library in place."""
+    return (f"the library {libpath} was rebuilt in place: the {rules.product} keeps the copy "
+            "it already loaded from that path (dlopen returns the library in memory; "
+            "anza-xyz/agave#3620), so a reload would go on running the old code. Install each "
+            "version under its own path (e.g. libplugin-1.2.3.so) and point libpath at it; a "
+            "restart of the node also loads the new build")
 
 
 def _brakes(desired: Desired, changes: list[Change], policy: Policy,

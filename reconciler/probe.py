@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler.errors import NodeError, ReconcilerError
-from reconciler.node import NodeClient
+from reconciler.nodeclient import NodeClient
 
 log = logging.getLogger("slipstream-reconciler")
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from reconciler.errors import SettingsError
+from reconciler.noderules import KINDS, NodeRules
 from reconciler.snarkos import NETWORKS
 
 DEFAULT_CONFIG_DIR = "/etc/slipstream/plugins.d"
@@ -39,8 +41,16 @@ class Settings:
     insecure_skip_verify: bool = False
     allow_writable: bool = False
     check_libraries: bool = True  # False only for validate/plan in CI (--no-library-check)
+    node_kind: str = "snarkos"  # a key of noderules.KINDS
+    ledger: Path | None = None  # Agave: the validator's ledger directory (admin.rpc)
 
     def __post_init__(self) -> None:
+        if self.node_kind not in KINDS:
+            raise SettingsError(f"--node-kind must be one of {', '.join(KINDS)}, "
+                                f"not {self.node_kind!r}")
+        if self.node_kind == "agave" and self.ledger is None:
+            raise SettingsError("--node-kind agave needs --ledger DIR (the validator's ledger "
+                                "directory, where its admin.rpc socket is)")
         if self.network not in NETWORKS:
             raise SettingsError(f"--network must be one of {', '.join(NETWORKS)}, "
                                 f"not {self.network!r}")
@@ -58,6 +68,30 @@ class Settings:
             raise SettingsError(f"--ca-file {self.ca_file} is not a readable file")
         if self.ca_file is not None and self.insecure_skip_verify:
             raise SettingsError("give --ca-file or --insecure-skip-verify, not both")
+
+    @property
+    def rules(self) -> NodeRules:
+        return KINDS[self.node_kind]
+
+    @property
+    def socket_path(self) -> Path | None:
+        """An Agave validator's admin RPC socket: `<ledger>/admin.rpc`."""
+        return self.ledger / "admin.rpc" if self.ledger is not None else None
+
+    @property
+    def node_on_this_host(self) -> bool:
+        """Whether the node shares this host's power cuts (which also clear its run-time
+        plugins): a Unix socket, or a URL on loopback. Any other address, names included,
+        counts as another host: the ledger then syncs each intent before the call."""
+        if self.socket_path is not None:
+            return True
+        host = urlsplit(self.node_url).hostname or ""
+        if host == "localhost" or host.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     @property
     def verify(self) -> bool | str:
@@ -86,7 +120,11 @@ class Settings:
         return path
 
     @property
-    def shown_url(self) -> str:
+    def shown_node(self) -> str:
+        """Where the node is, as output may show it: the socket's path, or the URL with
+        any password masked."""
+        if self.socket_path is not None:
+            return str(self.socket_path)
         return mask_url(self.node_url)
 
 

@@ -16,7 +16,7 @@ from reconciler import __version__
 from reconciler.auth import TokenFile
 from reconciler.errors import NodeUnreachable, SettingsError
 from reconciler.metrics import Metrics, MetricsServer
-from reconciler.node import NodeClient
+from reconciler.snarkosclient import SnarkosClient as NodeClient
 from tests.conftest import wait_for
 
 PROMTOOL = shutil.which("promtool")

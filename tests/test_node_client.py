@@ -16,7 +16,8 @@ from reconciler.errors import (
     RuntimeLoadUnsupported,
     Unauthorized,
 )
-from reconciler.node import NodeClient, Pacer
+from reconciler.pacing import Pacer
+from reconciler.snarkosclient import SnarkosClient as NodeClient
 
 
 def client(node, api="auto", auth=None, max_rps=0, **kw) -> NodeClient:

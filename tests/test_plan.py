@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from reconciler.desired import Desired, DesiredPlugin, Problem
 from reconciler.ledger import Entry, Intent, Ledger
+from reconciler.noderules import AGAVE, SNARKOS
 from reconciler.plan import Action, Plan, Policy, Prune, plan, statuses
 
 NAMED = ("a", "b", "c")
@@ -49,6 +50,22 @@ def test_changed_config_or_library_is_a_replace_with_its_reason():
     p = plan(desired(plugin("a", config="c1"), plugin("b", library="l1")), ["a", "b"], ledger)
     assert [(c.action, c.reason) for c in p.changes] == [
         (Action.REPLACE, "config changed"), (Action.REPLACE, "library changed")]
+
+
+def test_on_agave_a_library_rebuilt_in_place_is_held_not_replaced():
+    """dlopen of a path already loaded returns the old code: a reload would report a new
+    library that never ran. A new version at its own path is a replace."""
+    ledger = Ledger.of([entry("a"), entry("b")])
+    moved = DesiredPlugin("/conf/b.json5", "b", "/lib/libb-2.so", "c1", "l1")
+    p = plan(desired(plugin("a", library="l1"), moved), ["a", "b"], ledger, rules=AGAVE)
+    assert actions(p) == [("replace", "b")]
+    assert [(h.name, h.state) for h in p.held] == [("a", "rebuilt-in-place")]
+    assert "install each version under its own path" in p.held[0].reason.lower()
+    assert [(r.name, r.state) for r in statuses(p)] == [("a", "rebuilt-in-place"),
+                                                        ("b", "pending-replace")]
+    # snarkOS's rules replace it, as before.
+    assert actions(plan(desired(plugin("a", library="l1")), ["a"], Ledger.of([entry("a")]),
+                        rules=SNARKOS)) == [("replace", "a")]
 
 
 def test_removed_file_unloads_only_what_we_loaded():
@@ -191,9 +208,10 @@ def entry_of(d: DesiredPlugin, name: str) -> Entry:
 # What design.md keeps out of the planner, its values and its views (the same list as the
 # import contract in pyproject.toml, which `make test` runs as lint-imports).
 IO_MODULES = ("requests", "fcntl", "threading", "socket", "watchdog", "json5",
-              "reconciler.node", "reconciler.apply", "reconciler.ledgerstore",
-              "reconciler.configdir", "reconciler.daemon")
+              "reconciler.snarkosclient", "reconciler.agaveclient", "reconciler.apply",
+              "reconciler.ledgerstore", "reconciler.configdir", "reconciler.daemon")
 PURE_MODULES = ("reconciler.desired", "reconciler.ledger", "reconciler.plan",
+                "reconciler.noderules",
                 "reconciler.outcome", "reconciler.nodepath", "reconciler.configparse",
                 "reconciler.render")
 
@@ -210,7 +228,8 @@ def loaded_by(*modules: str) -> list[str]:
 def test_importing_the_planner_and_its_views_loads_no_io_module():
     assert loaded_by(*PURE_MODULES) == []
     # The probe sees an I/O module when one is there: the pass itself loads them.
-    assert {"requests", "reconciler.node"} <= set(loaded_by("reconciler.apply"))
+    assert {"fcntl", "reconciler.ledgerstore"} <= set(loaded_by("reconciler.apply"))
+    assert "requests" in loaded_by("reconciler.snarkosclient")
 
 
 # A fresh interpreter where I/O raises, armed before the planner is imported: while

@@ -1,4 +1,5 @@
-"""The node client: snarkOS's three Slipstream routes as three methods.
+"""The snarkOS adapter of the node client: snarkOS's three Slipstream routes as the
+NodeClient interface (reconciler.nodeclient).
 
 This is the only module that looks at HTTP. It turns status codes, v2 JSON errors and
 the plain prefix's flattened 500 texts into the NodeError branch of the error tree
@@ -12,8 +13,8 @@ snarkOS after PR #4468), the static-plugin proposal, or a node without a plugin 
 from __future__ import annotations
 
 import json
+import logging
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from urllib.parse import quote
 
 import requests
 
-from reconciler.auth import TokenSource
+from reconciler.auth import TokenSource, token_source
 from reconciler.errors import (
     AlreadyLoaded,
     ApiAbsent,
@@ -39,9 +40,12 @@ from reconciler.errors import (
     RuntimeLoadUnsupported,
     Unauthorized,
 )
-from reconciler.gcra import next_slot
-from reconciler.settings import mask_url
+from reconciler.noderules import SNARKOS
+from reconciler.pacing import Pacer
+from reconciler.settings import Settings, mask_url
 from reconciler.snarkos import api_prefix
+
+log = logging.getLogger(__name__)
 
 MAX_BODY = 4 << 20
 # The node's own texts for a load that failed because of the plugin (its config or its
@@ -70,11 +74,6 @@ STATIC_HINT = ("it selects its plugins at start-up with --slipstream-plugins (a 
 ABSENT_HINT = ("this snarkOS build has no Slipstream plugin API: it needs a build with "
                "`--features slipstream-plugins` from before PR #4468 (snarkOS removed the "
                "API on 2026-09-21)")
-
-
-def blames_the_plugin(reason: str) -> bool:
-    """Whether a load failure is the plugin's (retrying the same files will fail again)."""
-    return any(text in reason for text in PLUGIN_FAULTS)
 
 
 _ALREADY = re.compile(r"The slipstream plugin '(.*)' is already loaded", re.S)
@@ -117,83 +116,19 @@ class _Answer:
         return self.status == 404 and not self.body
 
 
-class Pacer:
-    """Keeps our own request rate under the node's limit (GCRA, burst = rate), so that a
-    large apply meets no 429 in the first place.
+class SnarkosClient:
+    """snarkOS's three Slipstream routes (list, load, unload) as the NodeClient interface."""
 
-    The node's limiter is per client IP and per prefix, shared with every other REST call
-    from this host (a monitoring script eats the same budget), so the pace adapts: a 429
-    halves our rate and drops the burst, and each answered request wins back a fiftieth
-    of the configured rate. A long, contended run slows down instead of failing.
-    """
+    rules = SNARKOS
 
-    RECOVERY_STEPS = 50
-    FLOOR_RPS = 0.2
-
-    def __init__(self, rps: float, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.max_rps = rps
-        self.rps = rps
-        self._clock, self._sleep = clock, sleep
-        self._tat = 0.0
-        self._lock = threading.Lock()
-        self._set(rps, burst=True)
-
-    def _set(self, rps: float, burst: bool) -> None:
-        # 2 % slower than the node lets us go, and one request of its burst kept in
-        # reserve: clocks, queues and a busy host are not exact, and a request that
-        # arrives late brings the next one closer than we sent it.
-        self.rps = rps
-        self._interval = 1.02 / rps if rps > 0 else 0.0
-        self._tolerance = self._interval * max(0, int(rps) - 2) if burst else 0.0
-
-    @property
-    def interval(self) -> float:
-        return self._interval
-
-    def wait(self) -> None:
-        if not self._interval:
-            return
-        with self._lock:
-            delay, self._tat = next_slot(self._tat, self._clock(), self._interval,
-                                         self._tolerance)
-        if delay > 0:
-            self._sleep(delay)
-
-    def hold(self, seconds: float) -> None:
-        """The node said wait: nobody from this client sends before then."""
-        with self._lock:
-            self._tat = max(self._tat, self._clock() + seconds + self._tolerance)
-
-    def slow_down(self) -> None:
-        """A 429 (or what may be one): half the rate, no burst."""
-        with self._lock:
-            base = self.rps if self.rps > 0 else 10.0  # unpaced until the node objected
-            self._set(max(self.FLOOR_RPS, base / 2), burst=False)
-
-    def answered(self) -> None:
-        """A request got through: creep back towards the configured rate."""
-        if self.rps == self.max_rps:
-            return
-        with self._lock:
-            if self.max_rps <= 0:
-                step = 10.0 / self.RECOVERY_STEPS
-                rps = self.rps + step
-                if rps >= 10.0:
-                    self._set(0.0, burst=True)  # back to unpaced, as configured
-                    return
-            else:
-                rps = min(self.max_rps, self.rps + self.max_rps / self.RECOVERY_STEPS)
-            self._set(rps, burst=rps == self.max_rps)
-
-
-class NodeClient:
     def __init__(self, url: str, network: str, auth: TokenSource, api: str = "auto",
                  max_rps: float = 10, timeout: float = 10.0, verify: bool | str = True,
                  rate_limit_patience: float = 120.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         if api not in ("auto", "v2", "v1"):
             raise ValueError(api)
+        self._args = (url, network, auth, api, max_rps, timeout, verify, rate_limit_patience,
+                      sleep)
         self.url = url.rstrip("/")
         self.shown = mask_url(self.url)  # what messages may show: no password
         self.network = network
@@ -232,6 +167,15 @@ class NodeClient:
     def close(self) -> None:
         self.session.close()
 
+    def sibling(self) -> SnarkosClient:
+        other = SnarkosClient(*self._args)
+        other.pacer = self.pacer  # one budget: the node limits per client IP
+        return other
+
+    def blames_the_plugin(self, reason: str) -> bool:
+        """snarkVM's load steps that fail because of the plugin's config or library."""
+        return any(text in reason for text in PLUGIN_FAULTS)
+
     # -- the three routes ------------------------------------------------------
     def list(self) -> list[str]:
         answer = self._call("GET", "")
@@ -268,6 +212,11 @@ class NodeClient:
 
     def unload(self, name: str) -> None:
         self._call("DELETE", "/" + quote(name, safe=""))
+
+    def reload(self, name: str, config_file: str) -> None:
+        """snarkOS has no reload route (its rules say `native_reload=False`, so the
+        executor replaces with an unload and a load); never called."""
+        raise NotImplementedError("snarkOS cannot reload a plugin in one call")
 
     def require_runtime_loading(self) -> None:
         """Raises RuntimeLoadUnsupported unless this node can load and unload at run time,
@@ -500,3 +449,18 @@ def _reason(exc: Exception) -> str:
 def _excerpt(text: str, limit: int = 120) -> str:
     text = " ".join(text.split())
     return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def connect(settings: Settings) -> SnarkosClient:
+    """A client for the settings' node. Turning TLS verification off is said out loud."""
+    if settings.insecure_skip_verify and settings.node_url.startswith("https:"):
+        log.warning("TLS certificate verification of %s is OFF (--insecure-skip-verify): "
+                    "anyone on the path can impersonate the node and read the token",
+                    settings.shown_node)
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once above
+    return SnarkosClient(settings.node_url, settings.network,
+                         token_source(settings.jwt_token_file, settings.jwt_secret_file),
+                         api=settings.api, max_rps=settings.max_rps, timeout=settings.timeout,
+                         verify=settings.verify)
