@@ -295,7 +295,9 @@ def test_a_failed_record_write_is_logged_once_and_the_daemon_goes_on(ws, node, d
     (ws.state / "daemon.json").rmdir()
     d.signal(signal.SIGHUP)
     wait_for(lambda: d.record(), message="the record written again")
-    assert any("written again" in line for line in d.lines)
+    # The log line follows the write; the log reader thread may be a moment behind.
+    wait_for(lambda: any("written again" in line for line in d.lines),
+             message="the daemon saying so")
     assert d.proc.poll() is None
 
 
