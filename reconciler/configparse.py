@@ -50,15 +50,13 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
-from dataclasses import dataclass
 
 MAX_DEPTH = 64  # a plugin config nests 2 or 3 levels; the node crashes near 2,000
 
-_LT = "\n\r\u2028\u2029"  # the node's line terminators (json5.pest `line_terminator`)
+LT = "\n\r\u2028\u2029"  # the node's line terminators (json5.pest `line_terminator`)
 # json5.pest WHITESPACE: TAB VT FF SP NBSP BOM, SPACE_SEPARATOR (Zs), line terminators.
-_WS = ("\t\v\f \u00a0\ufeff\u1680\u2000-\u200a\u202f\u205f\u3000" + _LT)
-_HEX = "[0-9a-fA-F]"
+WS = ("\t\v\f \u00a0\ufeff\u1680\u2000-\u200a\u202f\u205f\u3000" + LT)
+HEX = "[0-9a-fA-F]"
 
 # Every token of the JSON5 people write, in the forms where pyjson5 and the node read the
 # same thing: integers of at most 18 digits, hex of at most 8 digits, exponents of at most
@@ -66,43 +64,29 @@ _HEX = "[0-9a-fA-F]"
 # raw U+2028/U+2029 in strings, and a number or word always ended by what may follow it
 # (pyjson5 reads `1_0` as 10). Atomic groups and possessive loops: linear, never
 # backtracking.
-_FOLLOW = rf"(?=[{_WS},:\]}}/]|\Z)"
+_FOLLOW = rf"(?=[{WS},:\]}}/]|\Z)"
 
 
 def _fast_string(quote: str) -> str:
-    return (rf"{quote}(?>[^{quote}\\{_LT}]++|\\(?>x{_HEX}{{2}}|u(?![dD][89a-fA-F]){_HEX}{{4}}"
+    return (rf"{quote}(?>[^{quote}\\{LT}]++|\\(?>x{HEX}{{2}}|u(?![dD][89a-fA-F]){HEX}{{4}}"
             rf"|\r\n|[^1-9xu]))*+{quote}")
 
 
+# Only for messages: compiled (and cached) by `re` on the first error, not at import.
+_NEAR = r" near (\d+)"
+
 _FAST = re.compile(
     "(?:"
-    rf"[{_WS}]++"
-    rf"|//[^{_LT}]*+"
+    rf"[{WS}]++"
+    rf"|//[^{LT}]*+"
     r"|(?>/\*(?s:.)*?\*/)"
     rf"|{_fast_string(chr(34))}|{_fast_string(chr(39))}"
-    rf"|(?>0[xX]0*+{_HEX}{{1,8}}|-Infinity|-NaN"
+    rf"|(?>0[xX]0*+{HEX}{{1,8}}|-Infinity|-NaN"
     rf"|[+-]?(?:(?:0|[1-9][0-9]{{0,17}})(?:\.[0-9]*+)?|\.[0-9]++)(?:[eE][+-]?[0-9]{{1,2}})?)"
     rf"{_FOLLOW}"
     rf"|[A-Za-z$_][A-Za-z0-9$_]*+{_FOLLOW}"
     r"|[{}\[\]:,]"
     ")*+")
-
-# The node's lexical grammar, token by token, for the scan that names a rule.
-_SKIP = re.compile(rf"(?:[{_WS}]++|//[^{_LT}]*+|(?>/\*(?s:.)*?\*/))++")
-_STRING_BODY = {
-    q: re.compile(rf"(?>[^{q}\\{_LT}]++|\\(?>\r\n|x{_HEX}{{2}}|u{_HEX}{{4}}|[^1-9xu]))*+")
-    for q in "\"'"}
-_NUMBER = re.compile(
-    rf"([+-]?)(?:(0[xX]{_HEX}+)|((?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?"
-    rf"|\.[0-9]+(?:[eE][+-]?[0-9]+)?)|(?<=[+-])(Infinity|NaN))")
-_WORD = re.compile(rf"(?:\\u{_HEX}{{4}}|[^{_WS}{{}}\[\]:,/\"'\\+\-.])++")
-_ENDS_WORD = re.compile(rf"[{_WS},:\]}}/{{\[\"']|\Z")
-_COMPONENT = re.compile(rf"\\(?:\r\n|[{_LT}])|\\u({_HEX}{{4}})|\\x{_HEX}{{2}}|\\.|.", re.S)
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_NEAR = re.compile(r" near (\d+)")
-_I64 = (-(1 << 63), (1 << 63) - 1)
-_ID_START = frozenset(("Lu", "Ll", "Lt", "Lm", "Lo", "Nl"))
-_ID_PART = _ID_START | {"Mn", "Nd", "Pc"}
 
 
 class ConfigSyntaxError(ValueError):
@@ -130,7 +114,13 @@ def parse(raw: bytes) -> object:
         raise ConfigSyntaxError("the file is empty (a save in progress?)")
     import pyjson5  # here, not above: a plan whose configs are all cached never parses
 
-    refusal = None if _FAST.fullmatch(text) else _scan(text)
+    refusal = None
+    if not _FAST.fullmatch(text):
+        # The token-by-token scan is its own module, loaded only for a document that
+        # needs it: its expressions cost a first parse about 3 ms to compile.
+        from reconciler.configscan import first_refusal
+
+        refusal = first_refusal(text)
     try:
         value = pyjson5.decode(text, maxdepth=MAX_DEPTH)
     except pyjson5.Json5DecoderException as exc:
@@ -151,143 +141,6 @@ def parse(raw: bytes) -> object:
     return value
 
 
-@dataclass(frozen=True)
-class _Refusal:
-    """Why the node refuses a token. `named`: one of the node's own rules, worth showing
-    over pyjson5's message; otherwise a token the node cannot read at all, where pyjson5's
-    message (it knows the grammar around the token) is better when it has one."""
-    message: str
-    offset: int
-    named: bool = True
-
-
-def _scan(text: str) -> _Refusal | None:
-    """The first token the node refuses, or None."""
-    pos, end = 0, len(text)
-    while True:
-        skipped = _SKIP.match(text, pos)
-        if skipped:
-            pos = skipped.end()
-        if pos >= end:
-            return None
-        ch = text[pos]
-        if ch in "{}[]:,":
-            pos += 1
-        elif ch in "\"'":
-            refusal, pos = _scan_string(text, pos)
-            if refusal:
-                return refusal
-        elif (number := _NUMBER.match(text, pos)) is not None:
-            rule = _number_rule(number)
-            if rule:
-                return _Refusal(rule, pos)
-            pos = number.end()
-            if not _ENDS_WORD.match(text, pos):
-                if text[pos] == "_":
-                    return _Refusal("the node reads no '_' in numbers", pos)
-                return _Refusal(f"the node cannot read {text[pos]!r} right after a number",
-                                pos, named=False)
-        elif (word := _WORD.match(text, pos)) is not None:
-            refusal = _word_rule(text, word)
-            if refusal:
-                return refusal
-            pos = word.end()
-        else:
-            return _Refusal(f"the node cannot read {ch!r} here", pos, named=False)
-
-
-def _scan_string(text: str, start: int) -> tuple[_Refusal | None, int]:
-    quote = text[start]
-    body = _STRING_BODY[quote].match(text, start + 1)
-    assert body is not None  # a `*+` pattern matches, if only the empty string
-    stop = body.end()
-    ch = text[stop] if stop < len(text) else ""
-    if ch in ("", "\n", "\r") or (ch == "\\" and stop + 1 == len(text)):
-        return _Refusal("unclosed string (a line break inside one must follow a '\\')",
-                        start, named=False), stop
-    if ch in "\u2028\u2029":
-        return _Refusal(f"the node refuses a raw U+{ord(ch):04X} inside a string; write it "
-                        f"as \\u{ord(ch):04x}", stop), stop
-    if ch != quote:  # a backslash starting no escape the node knows
-        return _Refusal(f"the node knows no escape {text[stop:stop + 2]!r} (of the digits "
-                        "only \\0; \\x takes 2 hex digits, \\u 4)", stop, named=False), stop
-    return _surrogate_rule(text, start + 1, stop), stop + 1
-
-
-def _number_rule(number: re.Match[str]) -> str | None:
-    """Which rule of json5 0.4's `parse_integer`/`parse_number` refuses this number."""
-    sign, hex_digits, decimal, word = number.groups()
-    if hex_digits is not None:
-        if sign:
-            return "the node reads hexadecimal numbers only without a sign"
-        if int(hex_digits[2:], 16) > 0xFFFFFFFF:
-            return "the node reads hexadecimal numbers only up to 0xFFFFFFFF (32 bits)"
-        return None
-    if word is not None:
-        return f"the node reads {word} only without '+'" if sign == "+" else None
-    if "." in decimal or "e" in decimal or "E" in decimal:
-        if math.isinf(float(decimal)):
-            return "the node reads numbers only up to about 1.8e308 (a 64-bit float)"
-        return None
-    digits = decimal.lstrip("0") or "0"
-    value = int(digits) if len(digits) <= 20 else 1 << 70  # no int() of huge strings
-    if sign == "-" and value > -_I64[0]:
-        return "the node reads integers only down to -2^63 (-9223372036854775808)"
-    if sign != "-" and value > _I64[1]:
-        return "the node reads integers only up to 2^63-1 (9223372036854775807)"
-    return None
-
-
-def _word_rule(text: str, word: re.Match[str]) -> _Refusal | None:
-    """An unquoted key (or true/false/null/Infinity/NaN) checked character by character
-    against json5.pest's `identifier`."""
-    pos, end = word.start(), word.end()
-    first = True
-    while pos < end:
-        if text.startswith("\\u", pos):
-            pos += 6
-        else:
-            ch = text[pos]
-            category = unicodedata.category(ch)
-            if category == "Mc":
-                return _Refusal(f"the node reads no spacing mark (U+{ord(ch):04X}) in an "
-                                "unquoted key; put the key in quotes", pos)
-            allowed = _ID_START if first else _ID_PART
-            if not (category in allowed or ch in "$_"
-                    or (not first and ch in "\u200c\u200d")):
-                return _Refusal(f"the node cannot read {ch!r} here", pos, named=False)
-            pos += 1
-        first = False
-    return _surrogate_rule(text, word.start(), end)
-
-
-_LONE_LEAD = ("the node reads a \\uD800-\\uDBFF escape only followed by a \\uDC00-\\uDFFF "
-              "escape (a lone surrogate is no character)")
-
-
-def _surrogate_rule(text: str, start: int, end: int) -> _Refusal | None:
-    """json5 0.4's `parse_string_component`: a `\\uD800`-`\\uDBFF` escape takes the next
-    component (a line continuation is none) and it must be a `\\uDC00`-`\\uDFFF` escape."""
-    if not _SURROGATE_ESCAPE.search(text, start, end):
-        return None
-    lead: int | None = None
-    for component in _COMPONENT.finditer(text, start, end):
-        piece = component.group()
-        if piece[0] == "\\" and piece[1] in _LT:
-            continue  # a line continuation
-        code = int(component.group(1), 16) if component.group(1) else None
-        if lead is not None:
-            if code is None or not 0xDC00 <= code <= 0xDFFF:
-                return _Refusal(_LONE_LEAD, lead)
-            lead = None
-        elif code is not None and 0xDC00 <= code <= 0xDFFF:
-            return _Refusal("the node refuses a lone \\uDC00-\\uDFFF escape (a surrogate "
-                            "pair starts with \\uD800-\\uDBFF)", component.start())
-        elif code is not None and 0xD800 <= code <= 0xDBFF:
-            lead = component.start()
-    return None if lead is None else _Refusal(_LONE_LEAD, lead)
-
-
 def _non_finite_to_null(value: object) -> object:
     """serde_json stores a non-finite f64 as null (`Number::from_f64` is None)."""
     if isinstance(value, float):
@@ -302,14 +155,14 @@ def _non_finite_to_null(value: object) -> object:
 def _offset(exc: Exception) -> int:
     """pyjson5's "near N" (1-based, in characters) as a 0-based offset."""
     message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
-    match = _NEAR.search(message)
+    match = re.search(_NEAR, message)
     return max(int(match.group(1)) - 1, 0) if match else 0
 
 
 def _humane(exc: Exception) -> str:
     """pyjson5's message without its offset (we give line and column) and byte reprs."""
     message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else "not JSON5"
-    message = _NEAR.sub("", message)
+    message = re.sub(_NEAR, "", message)
     message = re.sub(r"b'([^']*)'", r"\1", message)
     message = re.sub(r"U\+([0-9a-fA-F]{4,6})", _char_name, message)
     message = message.replace("NumericLiteral", "number").removesuffix(" starting")
