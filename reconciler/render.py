@@ -52,7 +52,7 @@ def change_line(change: Change | Held, directory: str | None) -> str:
             f"{shown_path(change.config_file, directory)}  ({reason})")
 
 
-def plan_text(p: Plan, directory: str | None, node: str, network: str,
+def plan_text(p: Plan, directory: str | None, node: str, network: str | None,
               node_kind: str | None = None, cannot_apply: str | None = None) -> str:
     """`node_kind`: the node in words, once it has answered; `cannot_apply`: why this node
     cannot carry the plan out (a read-only node), asked without changing anything."""
@@ -66,7 +66,8 @@ def plan_text(p: Plan, directory: str | None, node: str, network: str,
     if p.warnings:
         lines.append("")
     if p.changes:
-        lines.append(f"The reconciler will make these changes on {node} ({network}):")
+        where = f"{node} ({network})" if network else node  # an Agave socket: no network
+        lines.append(f"The reconciler will make these changes on {where}:")
         lines += [change_line(c, directory) for c in p.changes]
         lines.append("")
     if p.held:
@@ -112,7 +113,7 @@ def held_json(held: Held) -> Json:
     return {**change_json(held), "state": held.state}
 
 
-def plan_json(p: Plan, node: str, network: str, node_kind: str | None = None,
+def plan_json(p: Plan, node: str, network: str | None, node_kind: str | None = None,
               cannot_apply: str | None = None) -> Json:
     return {
         "format_version": FORMAT_VERSION,
@@ -152,7 +153,7 @@ def apply_summary(result: PassResult) -> str:
     return text
 
 
-def apply_json(result: PassResult, node: str, network: str,
+def apply_json(result: PassResult, node: str, network: str | None,
                node_kind: str | None = None) -> Json:
     return {
         **plan_json(result.plan, node, network, node_kind),
