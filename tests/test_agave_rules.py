@@ -266,3 +266,41 @@ def test_a_crash_during_a_renaming_reload_adopts_the_new_name(host):
     assert list(host.ledger().entries) == ["yellowstone-grpc-geyser-2"]
     assert host.ledger().pending == ()
     assert host.plan().changes == ()
+
+
+def test_the_operator_sees_a_rebuilt_library_in_validate_plan_and_status(host):
+    """The whole story through the real CLI: apply, rebuild the library in place, then
+    every command says it is held and what to do."""
+    from tests.conftest import SCRIPT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPSTREAM_")}
+    env.update(SLIPSTREAM_CONFIG_DIR=str(host.conf), SLIPSTREAM_STATE_DIR=str(host.state),
+               SLIPSTREAM_NODE_KIND="agave", SLIPSTREAM_LEDGER=str(host.node.options.ledger))
+    base = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "reconciler"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *args], env=env, capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+
+    lib = host.library("libpg.so")
+    host.config("pg.json5", '{libpath: "../libs/libpg.so", name: "pg"}')
+    assert run("apply").returncode == 0
+    lib.write_text("\x7fELF rebuilt\n")
+    validate = run("validate")
+    assert validate.returncode == 0, validate.stderr
+    assert f"warning: {host.conf / 'pg.json5'}: the library {lib} was rebuilt in place" \
+        in validate.stdout
+    plan = run("plan", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout + plan.stderr  # nothing the node would change
+    (line,) = [t for t in plan.stdout.splitlines() if "rebuilt-in-place" in t]
+    assert "pg.json5" in line and "Install each version under its own path" in line
+    held = json.loads(run("plan", "-o", "json").stdout)["held"]
+    assert [(h["name"], h["state"]) for h in held] == [("pg", "rebuilt-in-place")]
+    status = json.loads(run("status", "-o", "json").stdout)
+    assert [(p["name"], p["state"]) for p in status["plugins"]] == [("pg", "rebuilt-in-place")]
+    # installed under its own path, as advised: one reload, and the new code runs
+    host.library("libpg-2.so")
+    host.config("pg.json5", '{libpath: "../libs/libpg-2.so", name: "pg"}')
+    assert run("apply").returncode == 0
+    (running,) = host.node.manager.plugins()
+    assert os.path.normpath(running.library.path) == str(host.libs / "libpg-2.so")
