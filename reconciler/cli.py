@@ -35,6 +35,7 @@ from reconciler.options import (
 from reconciler.settings import Settings, default_state_dir
 
 if TYPE_CHECKING:
+    from reconciler.desired import Desired, Problem
     from reconciler.fleet import Target
     from reconciler.outcome import Outcome
     from reconciler.plan import Policy
@@ -116,7 +117,8 @@ def _main(
 TargetsOpt = Annotated[Path | None, typer.Option(
     "--targets", envvar="SLIPSTREAM_TARGETS",
     help="A JSON5 list of nodes ({name, node_url, network, config_dir, node_config_dir, "
-         "jwt_token_file | jwt_secret_file, state_dir}): run against each, then a summary.")]
+         "jwt_token_file | jwt_secret_file, state_dir}; an Agave validator: {name, "
+         "node_kind: \"agave\", ledger, config_dir, …}): run against each, then a summary.")]
 WorkersOpt = Annotated[int, typer.Option(
     "--workers", help="With --targets: how many nodes at once.")]
 SEVERITY = (ERROR, NOT_CONVERGED, CHANGES, OK)
@@ -231,9 +233,32 @@ def _validate_report(settings: Settings, no_library_check: bool, output: Output)
 
     desired = DirectoryReader(Trust(settings.allow_writable),
                               check_libraries=not no_library_check,
-                              node_path=settings.node_path).read(settings.config_dir)
+                              node_path=settings.node_path,
+                              rules=settings.rules).read(settings.config_dir)
+    desired = replace(desired, warnings=desired.warnings + _rebuilt_in_place(settings, desired))
     return _as_report(output, ERROR if desired.invalid else OK, render.validate_text(desired),
                       render.validate_json(desired))
+
+
+def _rebuilt_in_place(settings: Settings, desired: Desired) -> tuple[Problem, ...]:
+    """Where the node keeps old code at a path it loaded (Agave's dlopen), the files whose
+    library changed at an unchanged libpath since they were applied: the planner's own
+    verdict (it holds such a replace), asked as if the node still ran what the ledger says.
+    Offline and read-only: the ledger is read only if the state directory has one."""
+    from reconciler.desired import Problem
+    from reconciler.errors import LedgerError
+    from reconciler.ledgerstore import LedgerStore
+    from reconciler.plan import plan
+
+    if not settings.rules.keeps_old_code_at_same_path or not settings.state.is_dir():
+        return ()
+    try:
+        ledger = LedgerStore(settings.state).load()
+    except LedgerError as exc:
+        return (Problem(str(settings.state), f"the rebuilt-in-place check was skipped: {exc}"),)
+    held = plan(desired, list(ledger.entries), ledger, rules=settings.rules).held
+    return tuple(Problem(h.config_file, h.reason) for h in held
+                 if h.state == "rebuilt-in-place" and h.config_file is not None)
 
 
 # -- plan -------------------------------------------------------------------------------
@@ -287,7 +312,7 @@ def _plan_report(settings: Settings, policy: Policy, output: Output, detailed_ex
     shown = settings.shown_node if live is None else f"(live state from {live_from})"
     client = reconciler.client if live is None else None
     kind = client.kind if client is not None else None
-    data = render.plan_json(the_plan, shown, settings.network, kind, refused)
+    data = render.plan_json(the_plan, shown, settings.shown_network, kind, refused)
     if out is not None:
         from reconciler import planfile
 
@@ -298,7 +323,8 @@ def _plan_report(settings: Settings, policy: Policy, output: Output, detailed_ex
     elif detailed_exitcode and the_plan.changes_node:
         code = CHANGES
     text = render.plan_text(the_plan, str(settings.config_dir.absolute()), shown,
-                            settings.network, client.described if client else None, refused)
+                            settings.shown_network, client.described if client else None,
+                            refused)
     return _as_report(output, code, text, data)
 
 
@@ -385,7 +411,7 @@ def _apply_report(settings: Settings, policy: Policy, output: Output, detailed_e
     lines = []
     if result.plan.invalid or result.plan.blocked or not result.outcomes:
         lines.append(render.plan_text(result.plan, directory, settings.shown_node,
-                                      settings.network))
+                                      settings.shown_network))
     if not result.plan.blocked:
         lines.append(render.apply_summary(result))
         lines.append(f"Node: {reconciler.client.described}.")
@@ -399,7 +425,7 @@ def _apply_report(settings: Settings, policy: Policy, output: Output, detailed_e
         code = CHANGES if detailed_exitcode and result.changed else OK
     kind = reconciler.client.kind
     return _as_report(output, code, "\n".join(lines),
-                      render.apply_json(result, settings.shown_node, settings.network,
+                      render.apply_json(result, settings.shown_node, settings.shown_network,
                                         kind), err)
 
 
@@ -445,12 +471,13 @@ def _status_report(settings: Settings, policy: Policy, output: Output) -> Report
     prefix = client.prefix
     directory = str(settings.config_dir.absolute())
     meta: dict[str, object] = {
-        "node": settings.shown_node, "network": settings.network, "api_prefix": prefix,
+        "node": settings.shown_node, "network": settings.shown_network, "api_prefix": prefix,
         "node_kind": client.kind, "cannot_apply": refused,
         "config_dir": directory, "in_sync": in_sync(rows),
         "daemon": render.daemon_json(record, alive)}
     counts = ", ".join(f"{n} {s}" for s, n in sorted(count_states(rows).items()))
-    footer = (f"node {settings.shown_node} · network {settings.network} · {client.described}"
+    network = f" · network {settings.shown_network}" if settings.shown_network else ""
+    footer = (f"node {settings.shown_node}{network} · {client.described}"
               f" · {counts or 'no plugins'}")
     if refused:
         footer += f"\nthis node cannot apply the changes: {refused}"
