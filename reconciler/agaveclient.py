@@ -354,6 +354,6 @@ def _excerpt(text: str, limit: int = 120) -> str:
 
 def connect(settings: Settings) -> AgaveClient:
     """A client for the settings' validator (`<ledger>/admin.rpc`)."""
-    if settings.socket_path is None:  # Settings refuses agave without --ledger
-        raise NodeUnreachable("--node-kind agave needs --ledger DIR")
+    settings.require_node()
+    assert settings.socket_path is not None  # require_node: the ledger is given
     return AgaveClient(settings.socket_path, settings.timeout)

@@ -70,6 +70,7 @@ class Reconciler:
     def __init__(self, settings: Settings, policy: Policy = Policy(),
                  reader: DirectoryReader | None = None, client: NodeClient | None = None,
                  live_override: list[str] | None = None) -> None:
+        settings.require_node()
         self.settings = settings
         self.policy = policy
         self.reader = reader or DirectoryReader(Trust(settings.allow_writable),

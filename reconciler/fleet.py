@@ -63,7 +63,7 @@ def read_targets(path: Path, base: Settings) -> list[Target]:
             raise SettingsError(f"{where} ({name}): `node_kind` must be one of "
                                 f"{', '.join(KINDS)}, not {kind!r}")
         # Each validator has its own ledger; a snarkOS target has none.
-        address = "ledger" if kind == "agave" else "node_url"
+        address = KINDS[kind].address
         for key in (address, "config_dir"):
             if not isinstance(item.get(key), str):
                 raise SettingsError(f"{where} ({name}): `{key}` is required")

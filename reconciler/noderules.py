@@ -37,18 +37,21 @@ class NodeRules:
     restart_shows_as: str
     # The start-up flag, for messages that tell an operator how plugins get there.
     startup_flag: str
+    # The Settings field that says where the node is: "node_url" (a REST address) or
+    # "ledger" (the validator's ledger directory, holding its admin.rpc socket).
+    address: str
 
 
 SNARKOS = NodeRules(
     kind="snarkos", product="snarkOS", one_plugin_per_library=True, native_reload=False,
     keeps_old_code_at_same_path=False, json_suffix_is_strict=False, authenticated=True,
     rate_limited=True, restart_shows_as="the plugin list losing run-time plugins",
-    startup_flag="--slipstream-config")
+    startup_flag="--slipstream-config", address="node_url")
 
 AGAVE = NodeRules(
     kind="agave", product="Agave validator", one_plugin_per_library=False, native_reload=True,
     keeps_old_code_at_same_path=True, json_suffix_is_strict=True, authenticated=False,
     rate_limited=False, restart_shows_as="its admin.rpc socket being replaced",
-    startup_flag="--geyser-plugin-config")
+    startup_flag="--geyser-plugin-config", address="ledger")
 
 KINDS = {rules.kind: rules for rules in (SNARKOS, AGAVE)}

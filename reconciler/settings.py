@@ -55,10 +55,7 @@ class Settings:
         if self.node_kind not in KINDS:
             raise SettingsError(f"--node-kind must be one of {', '.join(KINDS)}, "
                                 f"not {self.node_kind!r}")
-        if self.node_kind == "agave" and self.ledger is None:
-            raise SettingsError("--node-kind agave needs --ledger DIR (the validator's ledger "
-                                "directory, where its admin.rpc socket is)")
-        if self.node_kind != "agave" and self.ledger is not None:
+        if self.rules.address != "ledger" and self.ledger is not None:
             raise SettingsError(f"--ledger is the Agave validator's ledger directory; it does "
                                 f"not apply to --node-kind {self.node_kind} (give --node-kind "
                                 "agave, or drop --ledger / $SLIPSTREAM_LEDGER)")
@@ -88,7 +85,17 @@ class Settings:
     def shown_network(self) -> str | None:
         """The network, as output shows it: an Agave validator's admin socket has none
         (its cluster is not ours to name), so None, and JSON keeps the key."""
-        return self.network if self.socket_path is None else None
+        return self.network if self.rules.address == "node_url" else None
+
+    def require_node(self) -> None:
+        """Raises SettingsError unless the settings say where the node is. Checked by
+        the commands that talk to the node (plan, apply, status, run), not by Settings
+        itself: `validate` is offline, and a CI job validating Agave configs has no
+        validator's ledger to name."""
+        if self.rules.address == "ledger" and self.ledger is None:
+            raise SettingsError(f"--node-kind {self.node_kind} needs --ledger DIR (the "
+                                "validator's ledger directory, where its admin.rpc socket "
+                                "is; $SLIPSTREAM_LEDGER)")
 
     @property
     def socket_path(self) -> Path | None:
@@ -140,8 +147,8 @@ class Settings:
     def shown_node(self) -> str:
         """Where the node is, as output may show it: the socket's path, or the URL with
         any password masked."""
-        if self.socket_path is not None:
-            return str(self.socket_path)
+        if self.rules.address == "ledger":
+            return str(self.socket_path) if self.socket_path is not None else "(no --ledger)"
         return mask_url(self.node_url)
 
 
