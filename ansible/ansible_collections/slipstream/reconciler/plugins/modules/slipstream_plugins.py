@@ -15,7 +15,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: slipstream_plugins
-short_description: Converge a node's plugins (snarkOS Slipstream, Agave Geyser) to its config directory
+short_description: Converge a node's plugins (snarkOS Slipstream, Agave Geyser) to a directory
 version_added: "0.1.0"
 description:
   - Runs the C(slipstream-reconciler) command installed on the managed host against the
