@@ -131,5 +131,5 @@ cat <<EOF
 - In CI: 'slipstream-reconciler validate' and 'plan --detailed-exitcode' (docs/cli.md).
 - Every command, option and exit code: docs/cli.md.
 
-The demo nodes are stopped and their temporary directory removed.
+The demo node is stopped, and so is the validator; their temporary directory is removed.
 EOF
