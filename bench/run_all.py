@@ -11,6 +11,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import agave
 import benchmarks as b
 from harness import HEADER
 
@@ -37,6 +38,10 @@ def main() -> None:
           f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}")
     print(HEADER)
     for function, args in plan:
+        for line in function(*args):
+            print(line, flush=True)
+    # Agave (issue 13): the same benchmarks against the reference validator's admin RPC.
+    for function, args in agave.rows(full):
         for line in function(*args):
             print(line, flush=True)
 

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# `make demo`: the reference node on loopback, the reconciler against configs/examples.
+# `make demo`: the reference node on loopback, the reconciler against configs/examples;
+# then the same tool against the reference Agave validator's admin socket (Geyser plugins).
 # Everything happens in a temporary directory that is removed at the end; the script
-# stops the node and exits 0 by itself.
+# stops the nodes and exits 0 by itself.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/slipstream-demo.XXXXXX")
 node_pid=""
+validator_pid=""
+stop() { if [ -n "$1" ]; then kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; fi; }
 cleanup() {
-    if [ -n "$node_pid" ]; then kill "$node_pid" 2>/dev/null || true; wait "$node_pid" 2>/dev/null || true; fi
+    stop "$node_pid"
+    stop "$validator_pid"
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -78,14 +82,54 @@ printf '{\n  libpath: "lib/libslipstream_postgres.so",\n  name: "postgres",\n  b
 run slipstream-reconciler apply
 run slipstream-reconciler status
 
+# 4. Agave: the same tool, a validator's Geyser plugins over <ledger>/admin.rpc.
+stop "$node_pid"; node_pid=""
+unset SLIPSTREAM_NODE_URL SLIPSTREAM_JWT_TOKEN_FILE
+mkdir -p "$work/ledger" "$work/geyser/boot" "$work/geyser.d/lib"
+printf 'placeholder\n' > "$work/geyser/boot/libgeyser_indexer.so"
+printf '{libpath: "libgeyser_indexer.so", name: "indexer"}\n' > "$work/geyser/boot/indexer.json5"
+slipstream-reconciler node --kind agave --ledger "$work/ledger" \
+    --geyser-plugin-config "$work/geyser/boot/indexer.json5" 2> "$work/validator.log" &
+validator_pid=$!
+for _ in $(seq 100); do [ -S "$work/ledger/admin.rpc" ] && break; sleep 0.05; done
+[ -S "$work/ledger/admin.rpc" ] || { echo "the reference validator did not start:"; cat "$work/validator.log"; exit 1; }
+# A Postgres exporter with a name, and Yellowstone gRPC: strict JSON, no `name` allowed,
+# its name (yellowstone-grpc-geyser-<version>) known only once loaded.
+printf 'placeholder\n' > "$work/geyser.d/lib/libgeyser_postgres-1.4.so"
+for version in 9.0.0 9.1.0; do
+    printf 'placeholder\ngeyser:name=yellowstone-grpc-geyser-%s\ngeyser:strict-json\n' "$version" \
+        > "$work/geyser.d/lib/libyellowstone_grpc_geyser-$version.so"
+done
+printf '{\n  libpath: "lib/libgeyser_postgres-1.4.so",\n  name: "postgres",\n}\n' \
+    > "$work/geyser.d/postgres.json5"
+printf '{"libpath": "lib/libyellowstone_grpc_geyser-9.0.0.so", "grpc": {"address": "127.0.0.1:10000"}}\n' \
+    > "$work/geyser.d/yellowstone.json"
+export SLIPSTREAM_NODE_KIND=agave
+export SLIPSTREAM_LEDGER="$work/ledger"
+export SLIPSTREAM_CONFIG_DIR="$work/geyser.d"
+export SLIPSTREAM_STATE_DIR="$work/agave-state"
+
+say "Agave: a reference validator's admin RPC at $SLIPSTREAM_LEDGER/admin.rpc, one start-up plugin"
+echo "Settings: SLIPSTREAM_NODE_KIND=agave, SLIPSTREAM_LEDGER (no URL, no token: the socket is 0600)"
+run slipstream-reconciler plan
+run slipstream-reconciler apply
+
+say "Agave: Yellowstone upgraded, installed under its own path; its name changes with it"
+sed -i 's/9[.]0[.]0/9.1.0/' "$work/geyser.d/yellowstone.json"
+run slipstream-reconciler plan
+run slipstream-reconciler apply
+run slipstream-reconciler status
+
 cat <<EOF
 
 == What next
 - Point the reconciler at your node: SLIPSTREAM_NODE_URL, SLIPSTREAM_JWT_TOKEN_FILE
   (the node's jwt_secret_<address>.txt) and SLIPSTREAM_CONFIG_DIR (default
   /etc/slipstream/plugins.d). 'slipstream-reconciler plan' first; it changes nothing.
+- On a Solana validator: SLIPSTREAM_NODE_KIND=agave and SLIPSTREAM_LEDGER (its --ledger),
+  run as the validator's user; docs/agave.md.
 - In CI: 'slipstream-reconciler validate' and 'plan --detailed-exitcode' (docs/cli.md).
 - Every command, option and exit code: docs/cli.md.
 
-The demo node is stopped and its temporary directory removed.
+The demo node is stopped, and so is the validator; their temporary directory is removed.
 EOF

@@ -83,14 +83,18 @@ def test_the_unit_runs_the_venv_reloads_synchronously_and_stops_on_settings_erro
 
 
 def run_options() -> dict[str, object]:
+    """Each `run` variable's real default. The snarkOS-only options default to None (so
+    that one given for Agave can be refused) and show the default they fill in."""
     command = typer.main.get_command(app).commands["run"]
-    return {p.envvar: p.default for p in command.params if isinstance(p.envvar, str)}
+    return {p.envvar: p.show_default if p.default is None and isinstance(p.show_default, str)
+            else p.default for p in command.params if isinstance(p.envvar, str)}
 
 
 def test_the_env_file_documents_every_daemon_variable_with_its_real_default():
     documented = dict(re.findall(r"^#(SLIPSTREAM_[A-Z_]+)=(.*)$", ENV.read_text(), re.M))
     options = run_options()
-    assert set(options) <= set(documented) | {"SLIPSTREAM_STATE_DIR"}
+    # The ledger directory is Agave's alone (slipstream-reconciler-agave.env has it).
+    assert set(options) <= set(documented) | {"SLIPSTREAM_STATE_DIR", "SLIPSTREAM_LEDGER"}
     for variable, default in documented.items():
         assert variable in options, f"{variable} is not a `run` option"
         real = options[variable]
@@ -201,3 +205,124 @@ def test_the_guides_token_file_drop_in_verifies(tmp_path):
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                           text=True)
     assert "LoadCredentail" in done.stderr, "the drop-in was not read: this proves nothing"
+
+
+# -- The Agave unit: the validator's user, the same hardening where it fits ----------------
+AGAVE_UNIT = ROOT / "systemd" / "slipstream-reconciler-agave.service"
+AGAVE_ENV = ROOT / "systemd" / "slipstream-reconciler-agave.env"
+# What the Agave unit does differently, each for a reason given in a "Difference:" comment
+# there: the validator's user instead of a dynamic one (the socket is 0600), no JWT
+# credential, the ledger under /home reachable read-only, no RemoveIPC= (it would remove
+# the validator's own IPC objects).
+AGAVE_DIFFERENCES = {"DynamicUser", "User", "Group", "LoadCredential", "ProtectHome",
+                     "RemoveIPC"}
+# Settings that only a snarkOS node has (refused or meaningless with --node-kind agave).
+NOT_FOR_AGAVE = {"SLIPSTREAM_NODE_URL", "SLIPSTREAM_NETWORK", "SLIPSTREAM_API",
+                 "SLIPSTREAM_JWT_TOKEN_FILE", "SLIPSTREAM_JWT_SECRET_FILE",
+                 "SLIPSTREAM_CA_FILE", "SLIPSTREAM_INSECURE_SKIP_VERIFY",
+                 "SLIPSTREAM_MAX_RPS", "SLIPSTREAM_NODE_CONFIG_DIR",
+                 "SLIPSTREAM_NODE_STATE_DIR"}
+HAS_AGAVE_OPTIONS = "SLIPSTREAM_LEDGER" in run_options()
+
+
+def agave_unit_for_this_machine(tmp_path: Path) -> Path:
+    script = Path(sys.executable).with_name("slipstream-reconciler")
+    path = tmp_path / AGAVE_UNIT.name
+    path.write_text(AGAVE_UNIT.read_text().replace(INSTALLED, str(script)))
+    return path
+
+
+def unit_directives(unit: Path) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_the_agave_unit_verifies_and_scores_as_low_as_the_snarkos_one(tmp_path):
+    unit = agave_unit_for_this_machine(tmp_path)
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert "slipstream-reconciler" not in done.stderr, done.stderr
+    done = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                           str(unit)], capture_output=True, text=True)
+    if "--offline" in done.stderr:
+        pytest.skip("this systemd-analyze cannot score a unit file offline")
+    score = re.search(r"Overall exposure level for \S+: ([0-9.]+)", done.stdout + done.stderr)
+    assert score, done.stdout + done.stderr
+    assert float(score.group(1)) <= 2.0
+
+
+def test_the_agave_unit_runs_as_the_validators_user_with_node_kind_and_ledger():
+    from reconciler.cli import SETTINGS_ERROR
+
+    d = unit_directives(AGAVE_UNIT)
+    assert d["Type"] == ["notify"]
+    assert d["ExecStart"] == [f"{INSTALLED} run --node-kind agave --ledger ${{SLIPSTREAM_LEDGER}}"]
+    assert d["ExecReload"] == [f"{INSTALLED} reload --pid $MAINPID"]
+    assert d["User"] == ["sol"] and d["Group"] == ["sol"] and "DynamicUser" not in d
+    assert "SLIPSTREAM_LEDGER=/mnt/ledger" in d["Environment"]
+    # The settings file comes after the default, so it overrides it.
+    assert d["EnvironmentFile"] == ["-/etc/default/slipstream-reconciler-agave"]
+    assert d["RestartPreventExitStatus"] == [str(SETTINGS_ERROR)]
+    assert "LoadCredential" not in d and "RemoveIPC" not in d
+    # No path in the ledger is made writable: connect() needs none.
+    assert "ReadWritePaths" not in d and d["ProtectSystem"] == ["strict"]
+    assert d["ProtectHome"] == ["read-only"]
+
+
+def test_the_agave_unit_keeps_every_other_hardening_of_the_snarkos_unit():
+    snarkos, agave = unit_directives(UNIT), unit_directives(AGAVE_UNIT)
+    ignore = {"Description", "After", "Wants", "ExecStart", "ExecReload", "EnvironmentFile",
+              "Environment", "StateDirectory"}
+    differing = {key for key in set(snarkos) | set(agave) - ignore
+                 if key not in ignore and snarkos.get(key) != agave.get(key)}
+    assert differing == AGAVE_DIFFERENCES
+    explained = differences_explained(AGAVE_UNIT.read_text())
+    assert AGAVE_DIFFERENCES - {"Group"} <= explained, AGAVE_DIFFERENCES - explained
+
+
+def differences_explained(text: str) -> set[str]:
+    """The directives a '# Difference:' comment block names, or sits right above."""
+    found: set[str] = set()
+    block: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            block.append(line)
+            continue
+        comment = "\n".join(block)
+        if "Difference:" in comment:
+            found |= set(re.findall(r"\b([A-Z][A-Za-z]+)=", comment))
+            if "=" in line:
+                found.add(line.partition("=")[0])
+        block = []
+    return found
+
+
+@pytest.mark.xfail(not HAS_AGAVE_OPTIONS, strict=True,
+                   reason="needs agave-client (--ledger/SLIPSTREAM_LEDGER on `run`)")
+def test_the_agave_env_file_documents_the_agave_settings_with_their_real_defaults():
+    documented = dict(re.findall(r"^#(SLIPSTREAM_[A-Z_]+)=(.*)$", AGAVE_ENV.read_text(), re.M))
+    options = run_options()
+    assert not set(documented) & NOT_FOR_AGAVE
+    assert set(options) - set(documented) <= NOT_FOR_AGAVE | {"SLIPSTREAM_STATE_DIR",
+                                                               "SLIPSTREAM_NODE_KIND"}
+    for variable, default in documented.items():
+        assert variable in options, f"{variable} is not a `run` option"
+        if variable == "SLIPSTREAM_LEDGER":  # the unit's default; the CLI has none
+            assert f"{variable}={default}" in unit_directives(AGAVE_UNIT)["Environment"]
+            continue
+        real = options[variable]
+        real = getattr(real, "value", real)
+        if real is None:
+            assert default == "", variable
+        elif isinstance(real, bool):
+            assert default == str(real).lower(), variable
+        elif isinstance(real, float):
+            assert float(default) == real, variable
+        else:
+            assert default == str(real), variable

@@ -20,6 +20,7 @@ The tests run in order against one booted machine (about 40 s in all).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
@@ -275,3 +276,140 @@ def test_the_journal_has_one_line_per_action_and_no_secret(machine, deployed):
     assert deployed["secret"] not in text
     assert "hunter2" not in text  # plugin config fields are the plugin's alone
     assert "eyJ" not in text and "Bearer" not in text  # no token (a JWT starts eyJ)
+
+
+# -- Agave: the validator's user, its ledger, the reconciler's unit as that same user -------
+AGAVE_UNIT = "slipstream-reconciler-agave"
+AGAVE_DROPIN = f"/etc/systemd/system/{AGAVE_UNIT}.service.d"
+AGAVE_STATE = f"/var/lib/{AGAVE_UNIT}"
+LEDGER = "/home/sol/ledger"  # under a home: the case ProtectHome=read-only is there for
+GEYSER_CONF = "/etc/slipstream/geyser.d"
+GEYSER_PLUGINS = 5
+
+
+def _cli_has_node_kind() -> bool:
+    import typer
+
+    from reconciler.cli import app
+
+    run = typer.main.get_command(app).commands["run"]
+    return any(p.envvar == "SLIPSTREAM_NODE_KIND" for p in run.params)
+
+
+needs_agave_cli = pytest.mark.xfail(not _cli_has_node_kind(), strict=True,
+                                    reason="needs agave-client (--node-kind/--ledger)")
+
+
+# `agave-validator -l LEDGER plugin list`, in the few lines it takes: one listPlugins.
+PLUGIN_LIST = """import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1] + "/admin.rpc")
+s.sendall(b'{"jsonrpc": "2.0", "id": 1, "method": "listPlugins", "params": []}')
+print("\\n".join(json.loads(s.makefile().readline())["result"]))
+"""
+
+
+def _geyser_plugins(m: Machine) -> list[str]:
+    """The validator's list, asked as the validator's user."""
+    done = m.run(f"runuser -u sol -- /usr/bin/python3 /usr/local/bin/plugin-list {LEDGER}")
+    return sorted(done.stdout.split())
+
+
+@pytest.fixture(scope="module")
+def agave_deployed(machine):
+    """docs/agave.md's install lines, a validator running as `sol` with its ledger under
+    /home/sol, and the reconciler's unit as that same user."""
+    if not _cli_has_node_kind():
+        pytest.xfail("needs agave-client (--node-kind/--ledger)")
+    m = machine
+    m.run("useradd --system --create-home --home-dir /home/sol --shell /bin/sh sol && "
+          "useradd --system --no-create-home --shell /bin/sh intruder")
+    # The ledger dir is open to all: the socket's own 0600 mode is then the only lock.
+    m.run(f"chmod 0755 /home/sol && install -d -o sol -g sol -m 0755 {LEDGER}")
+    # This checkout's Python may live under /root (pyenv): let the users reach it (inside
+    # the namespace's overlay only).
+    m.run("chmod o+x /root")
+    m.write("/usr/local/bin/plugin-list", PLUGIN_LIST)
+    m.run("install -d -m 0755 /opt/geyser/boot && printf startup > /opt/geyser/boot/libboot.so"
+          " && printf '{libpath: \"libboot.so\", name: \"boot\"}' > /opt/geyser/boot/boot.json5"
+          " && chmod 0644 /opt/geyser/boot/*")
+    m.run(f"install -d -m 0755 {GEYSER_CONF} && for i in $(seq 1 {GEYSER_PLUGINS}); do "
+          "printf 'ELF placeholder' > /opt/geyser/libg$i.so; "
+          "printf '{libpath: \"/opt/geyser/libg%s.so\", name: \"g%s\"}' $i $i "
+          f"> {GEYSER_CONF}/g$i.json5; done; chmod 0644 /opt/geyser/*.so {GEYSER_CONF}/*")
+    m.run(f"systemd-run --unit=sol --uid=sol --gid=sol --property=Restart=no {SCRIPT} node "
+          f"--kind agave --ledger {LEDGER} --geyser-plugin-config /opt/geyser/boot/boot.json5")
+    _wait(lambda: m.run(f"test -S {LEDGER}/admin.rpc", check=False).returncode == 0, 15,
+          "the validator's admin.rpc")
+    assert m.run(f"stat -c '%U %a' {LEDGER}/admin.rpc").stdout.split() == ["sol", "600"]
+    text = (ROOT / "docs" / "agave.md").read_text()
+    section = text.split("\n## The systemd service\n", 1)[1]
+    lines = [line for line in re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+             .splitlines() if line.strip()]
+    for line in lines:
+        if not line.startswith("systemctl"):
+            m.run(line, cwd=str(ROOT))
+    m.write(f"/etc/default/{AGAVE_UNIT}", f"SLIPSTREAM_LEDGER={LEDGER}\n"
+            f"SLIPSTREAM_CONFIG_DIR={GEYSER_CONF}\n", mode="0644")
+    in_tmp = [p for p in {str(ROOT), os.path.realpath(sys.base_prefix)}
+              if p.startswith(("/tmp/", "/var/tmp/"))]
+    m.write(f"{AGAVE_DROPIN}/10-this-checkout.conf", "\n".join([
+        "[Service]", "ExecStart=",
+        f"ExecStart={SCRIPT} run --node-kind agave --ledger ${{SLIPSTREAM_LEDGER}}",
+        "ExecReload=", f"ExecReload={SCRIPT} reload --pid $MAINPID",
+        *[f"BindReadOnlyPaths={p}" for p in in_tmp]]) + "\n")
+    m.write(f"{AGAVE_DROPIN}/20-test-timings.conf", "\n".join([
+        "[Service]", "TimeoutStartSec=20s", "RestartSec=1s",
+        "Environment=SLIPSTREAM_PROBE_INTERVAL=0.5", "Environment=SLIPSTREAM_TIMEOUT=5",
+        "Environment=SLIPSTREAM_METRICS_ADDRESS=off"]) + "\n")
+    for line in lines:
+        if line.startswith("systemctl"):
+            done = m.run(line, check=False, timeout=60)
+            journal = m.run(f"journalctl -q -u {AGAVE_UNIT} -o cat --no-pager",
+                            check=False).stdout
+            assert done.returncode == 0, "\n".join([line, done.stderr, journal[-2000:]])
+    return m
+
+
+@needs_agave_cli
+def test_agave_the_unit_as_the_validators_user_converges_the_ledgers_socket(agave_deployed):
+    m = agave_deployed
+    show = lambda prop: m.run(f"systemctl show -P {prop} {AGAVE_UNIT}").stdout.strip()  # noqa: E731
+    assert show("ActiveState") == "active"
+    assert show("StatusText") == f"in sync: {GEYSER_PLUGINS} plugins, 1 unmanaged"
+    sol = m.run("id -u sol").stdout.strip()
+    assert m.run(f"stat -c %u /proc/{show('MainPID')}").stdout.strip() == sol
+    assert _geyser_plugins(m) == sorted(["boot", *(f"g{i}" for i in
+                                                   range(1, GEYSER_PLUGINS + 1))])
+    # The ledger stayed the validator's: the reconciler wrote nothing there.
+    assert m.run(f"ls -A {LEDGER}").stdout.split() == ["admin.rpc"]
+    # A replace, through the watch on the config directory.
+    m.run("printf 'ELF placeholder v2' > /opt/geyser/libg1-v2.so && chmod 0644 "
+          f"/opt/geyser/libg1-v2.so && sed -i 's/libg1.so/libg1-v2.so/' {GEYSER_CONF}/g1.json5")
+    m.run(f"systemctl reload {AGAVE_UNIT}", timeout=30)
+    record = json.loads(m.run(f"cat {AGAVE_STATE}/daemon.json").stdout)
+    assert record["summary"] == f"in sync: {GEYSER_PLUGINS} plugins, 1 unmanaged", record
+    journal = m.run(f"journalctl -q -u {AGAVE_UNIT} -o cat --no-pager").stdout
+    assert re.search(r"^(INFO )?replace g1 ", journal, re.M), journal[-2000:]
+    assert "ermission denied" not in journal
+
+
+@needs_agave_cli
+def test_agave_another_user_gets_one_line_about_the_socket_and_unloads_nothing(
+        agave_deployed):
+    m = agave_deployed
+    before = _geyser_plugins(m)
+    m.run("install -d -o intruder -m 0700 /var/tmp/intruder-state && "
+          "install -d -m 0755 /var/tmp/empty.d")
+    # An empty directory with --allow-empty would unload every plugin it could reach.
+    done = m.run(f"runuser -u intruder -- {SCRIPT} apply --allow-empty --prune all "
+                 f"--node-kind agave --ledger {LEDGER} --config-dir /var/tmp/empty.d "
+                 "--state-dir /var/tmp/intruder-state", check=False)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert lines[0].startswith(f"error: may not open {LEDGER}/admin.rpc (owner sol, mode "
+                               "0600"), lines
+    assert "run slipstream-reconciler as the validator's user" in lines[0], lines
+    assert "Traceback" not in done.stderr
+    assert _geyser_plugins(m) == before

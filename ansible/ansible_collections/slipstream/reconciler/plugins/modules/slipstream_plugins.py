@@ -15,7 +15,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: slipstream_plugins
-short_description: Converge a snarkOS node's Slipstream plugins to its config directory
+short_description: Converge a node's plugins (snarkOS Slipstream, Agave Geyser) to a directory
 version_added: "0.1.0"
 description:
   - Runs the C(slipstream-reconciler) command installed on the managed host against the
@@ -31,9 +31,9 @@ description:
   - Every setting is handed to the command through its C(SLIPSTREAM_*) environment
     variable, never on its command line; C(SLIPSTREAM_*) variables already in the task's
     environment are ignored, so that a play means the same on every host.
-  - There are no C(node_kind) or C(ledger) options because the command has none; it
-    tells the node's kind itself on first contact (reported in RV(report.node_kind)),
-    and the ledger lives in O(state_dir).
+  - O(node_kind) chooses the node, a snarkOS node's REST API (the default) or an Agave
+    validator's admin RPC socket in O(ledger). For Agave the module must run as the
+    validator's user or as root, since the socket is mode 0600.
 author:
   - slipstream-reconciler maintainers
 options:
@@ -68,9 +68,22 @@ options:
         O(config_dir) go away (the role removes files it does not declare) or stay.
     type: bool
     default: true
+  node_kind:
+    description:
+      - Which node this host runs (C(SLIPSTREAM_NODE_KIND)); the command's default is
+        C(snarkos). With C(agave), give O(ledger), and leave out the snarkOS settings
+        (O(node_url), O(network), O(api), the JWT options and O(max_rps)), which the
+        command refuses for a validator.
+    type: str
+    choices: [snarkos, agave]
+  ledger:
+    description:
+      - Agave only. The validator's ledger directory, its C(--ledger), where the admin RPC
+        socket C(admin.rpc) lives (C(SLIPSTREAM_LEDGER)).
+    type: path
   node_url:
     description:
-      - The node's REST address (C(SLIPSTREAM_NODE_URL)); the command's default is
+      - snarkOS only. The node's REST address (C(SLIPSTREAM_NODE_URL)); the command's default is
         C(http://127.0.0.1:3030).
     type: str
   network:
@@ -161,6 +174,15 @@ EXAMPLES = r"""
     jwt_secret_file: /etc/slipstream/jwt-secret
     state_dir: /var/lib/slipstream-reconciler
     max_unloads: 2
+
+- name: Converge an Agave validator's Geyser plugins, as the validator's user
+  slipstream.reconciler.slipstream_plugins:
+    node_kind: agave
+    ledger: /mnt/ledger
+    config_dir: /etc/slipstream/plugins.d
+    state_dir: /var/lib/slipstream-reconciler-agave
+  become: true
+  become_user: sol
 """
 
 RETURN = r"""
@@ -203,6 +225,8 @@ DEFAULT_DIR = "/opt/slipstream-reconciler/bin"
 # option -> environment variable; every setting travels this way, none on argv.
 VARIABLES = {
     "config_dir": "SLIPSTREAM_CONFIG_DIR",
+    "node_kind": "SLIPSTREAM_NODE_KIND",
+    "ledger": "SLIPSTREAM_LEDGER",
     "node_url": "SLIPSTREAM_NODE_URL",
     "network": "SLIPSTREAM_NETWORK",
     "api": "SLIPSTREAM_API",
@@ -339,6 +363,8 @@ def main():
             "config_dir": {"type": "path", "default": "/etc/slipstream/plugins.d"},
             "planned_files": {"type": "dict", "no_log": True},
             "planned_exclusive": {"type": "bool", "default": True},
+            "node_kind": {"type": "str", "choices": ["snarkos", "agave"]},
+            "ledger": {"type": "path"},
             "node_url": {"type": "str"},
             "network": {"type": "str", "choices": ["mainnet", "testnet", "canary"]},
             "api": {"type": "str", "choices": ["auto", "v2", "v1"]},
@@ -355,6 +381,7 @@ def main():
             "timeout": {"type": "float"},
         },
         mutually_exclusive=[("jwt_token_file", "jwt_secret_file", "jwt_token")],
+        required_if=[("node_kind", "agave", ("ledger",))],
         supports_check_mode=True,
     )
     params = module.params
