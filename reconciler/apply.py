@@ -228,7 +228,7 @@ class _Run:
             return Outcome(change, False, f"not replaced: {unloaded.message}", change.name)
         loaded = self._load(change, fresh)
         if not loaded.ok:
-            return self._roll_back(change, fresh, loaded.message, unloaded.unloaded)
+            return self._roll_back(change, change.entry, fresh, loaded.message, unloaded.unloaded)
         return Outcome(change, True, f"replaced ({change.reason})", loaded.name,
                        unloaded=unloaded.unloaded, loaded=loaded.loaded)
 
@@ -268,7 +268,7 @@ class _Run:
             self.store.record_remove(old.name, unload_seq)
             loaded = self._load(change, fresh)
             if not loaded.ok:
-                return self._roll_back(change, fresh, loaded.message, None)
+                return self._roll_back(change, change.entry, fresh, loaded.message, None)
             return Outcome(change, True, f"replaced ({change.reason}; the old plugin was "
                            "already gone)", loaded.name, loaded=loaded.loaded)
         except (Rejected, AlreadyLoaded) as exc:
@@ -277,7 +277,7 @@ class _Run:
                 return Outcome(change, False, f"not replaced: {exc}; the plugin keeps "
                                "running", change.name)
             self.store.record_remove(old.name, unload_seq)
-            return self._roll_back(change, fresh, f"reload failed: {exc}", old.name)
+            return self._roll_back(change, old, fresh, f"reload failed: {exc}", old.name)
         name = fresh.name if fresh.name is not None else self._reloaded_name()
         if name is None:
             self.store.settle(load_seq)
@@ -295,12 +295,12 @@ class _Run:
         live = self.client.list()
         return live[-1] if live else None
 
-    def _roll_back(self, change: Replace, fresh: DesiredPlugin, reason: str,
-                   unloaded: str | None) -> Outcome:
-        """The new config failed after the old plugin was unloaded: load the previously
-        applied config again, from the copy kept when it was applied, and remember that
-        this config failed so that it is not retried until the file or library changes."""
-        previous = change.entry
+    def _roll_back(self, change: Replace | Load, previous: Entry, fresh: DesiredPlugin,
+                   reason: str, unloaded: str | None, what: str = "replace") -> Outcome:
+        """The new config failed after the old plugin was unloaded (by us, or by a node
+        restart since it was applied): load the previously applied config again, from the
+        copy kept when it was applied, and remember that this config failed so that it is
+        not retried until the file or library changes."""
         copy = self.store.copy_path(previous.config_sha256)
         # Held until the files change only when the node blames the plugin, for the files
         # we asked it to load: a file moved, deleted or rewritten between our read and the
@@ -312,7 +312,7 @@ class _Run:
         failed = FailedReplace(fresh.config_sha256, fresh.library_sha256, reason) \
             if blamed else None
         if not copy.exists():
-            return Outcome(change, False, f"replace failed ({reason}), and there is no copy "
+            return Outcome(change, False, f"{what} failed ({reason}), and there is no copy "
                            "of the previous config to roll back to; the plugin is not loaded",
                            change.name, unloaded=unloaded)
         seq = self.store.record_intent("load", previous.name, previous.config_file,
@@ -322,12 +322,12 @@ class _Run:
             name = self.client.load(self.node_path(str(copy)))
         except (Rejected, AlreadyLoaded, NotLoaded) as exc:
             self.store.record_remove(previous.name, seq)
-            return Outcome(change, False, f"replace failed ({reason}), and rolling back to the "
+            return Outcome(change, False, f"{what} failed ({reason}), and rolling back to the "
                            f"previous config failed too ({exc}); the plugin is not loaded",
                            change.name, unloaded=unloaded)
         self.store.record_put(replace(previous, name=name, applied_at=time.time(),
                                       failed_replace=failed), seq)
-        return Outcome(change, False, f"replace failed: {reason}; rolled back: the previous "
+        return Outcome(change, False, f"{what} failed: {reason}; rolled back: the previous "
                        "config runs again", name, unloaded=unloaded, loaded=name)
 
     def _keep_copy(self, plugin: DesiredPlugin) -> None:
@@ -354,6 +354,9 @@ class _Run:
             return self._already_loaded(change, plugin, seq, exc)
         except (Rejected, NotLoaded) as exc:
             self._abandon(plugin, seq)
+            if isinstance(change, Load) and change.previous is not None:
+                return self._roll_back(change, change.previous, plugin, f"{exc}", None,
+                                       "load")
             return Outcome(change, False, f"load failed: {exc}", plugin.name)
         except NodeError:
             raise  # the node as a whole: the intent stays, the next pass resolves it

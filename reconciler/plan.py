@@ -65,10 +65,17 @@ class Policy:
 @dataclass(frozen=True)
 class Load:
     """Put a declared plugin on the node: new, or missing from it (restarted, unloaded by
-    hand). Its name is the file's, or known only once the node answers."""
+    hand). Its name is the file's, or known only once the node answers.
+
+    `previous`: what was applied before, when the file has changed since (the node lost
+    the plugin, a restart or a crash between a replace's unload and its load): if the new
+    config fails, the previous one is loaded again, as a failed replace rolls back. A
+    working plugin is not lost because its new config is broken and the node restarted
+    in between."""
 
     desired: DesiredPlugin
     reason: str
+    previous: Entry | None = None
     action: ClassVar[Action] = Action.LOAD
 
     @property
@@ -364,7 +371,11 @@ def _for_desired(plugin: DesiredPlugin, entry: Entry | None,
                                               "managed")
         return Load(plugin, "new")
     if entry.name not in live:
-        return Load(plugin, "missing from the node (restarted, or unloaded by hand)")
+        changed = (entry.config_sha256 != plugin.config_sha256
+                   or (entry.library_sha256 != plugin.library_sha256
+                       and plugin.library_sha256 != UNCHECKED))
+        return Load(plugin, "missing from the node (restarted, or unloaded by hand)",
+                    entry if changed else None)
     if entry.config_sha256 != plugin.config_sha256:
         return Replace(plugin, entry, "config changed")
     if entry.library_sha256 != plugin.library_sha256 and plugin.library_sha256 != UNCHECKED:
