@@ -554,6 +554,10 @@ def reload(
 @app.command()
 @guarded
 def node(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Option(
+        "--kind", help="Which node to reproduce: snarkos (Slipstream REST) or agave (a "
+                       "validator's admin RPC on <ledger>/admin.rpc).")] = "snarkos",
     rest: Annotated[str, typer.Option("--rest", help="HOST:PORT to serve on.")]
     = "127.0.0.1:3030",
     network: Annotated[str, typer.Option("--network")] = "mainnet",
@@ -595,18 +599,50 @@ def node(
     tls_cert: Annotated[Path | None, typer.Option(
         "--tls-cert", help="Serve HTTPS with this certificate (a refnode extension).")] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key")] = None,
+    ledger: Annotated[Path | None, typer.Option(
+        "--ledger", help="agave: the validator's ledger directory; the admin RPC socket is "
+                         "<ledger>/admin.rpc (mode 0600).")] = None,
+    geyser_plugin_config: Annotated[list[Path] | None, typer.Option(
+        "--geyser-plugin-config", help="agave: a start-up Geyser plugin config "
+                                       "(repeatable).")] = None,
+    geyser_plugin_always_enabled: Annotated[bool, typer.Option(
+        "--geyser-plugin-always-enabled", help="agave: run the plugin service without "
+                                               "start-up plugins.")] = False,
+    fault_unload_delay: Annotated[float, typer.Option(
+        "--fault-unload-delay", help="agave: seconds each unload waits for notifiers to "
+                                     "let go (the worker is busy meanwhile).")] = 0.0,
+    fault_hang: Annotated[bool, typer.Option(
+        "--fault-hang", help="agave: the plugin worker never answers.")] = False,
 ) -> None:
-    """Run the bundled reference node: snarkOS's Slipstream REST API, for demos and tests.
+    """Run the bundled reference node, for demos and tests: snarkOS's Slipstream REST API,
+    or with --kind agave an Agave validator's admin RPC.
 
     \b
-    Example:
+    Examples:
       slipstream-reconciler node --rest 127.0.0.1:3030 --data-dir /tmp/node \\
           --slipstream-config /etc/slipstream/boot/metrics.json5
+      slipstream-reconciler node --kind agave --ledger /tmp/ledger \\
+          --geyser-plugin-config /etc/geyser/boot/postgres.json5
 
     SIGUSR1 restarts it (run-time plugins are forgotten, as on a real restart).
     """
     from reconciler.refnode import Faults, NodeOptions, StartupError, decode_secret
     from reconciler.refnode.serve import rest_address, serve
+
+    _refuse_other_kinds_flags(ctx, kind)
+    if kind == "agave":
+        from reconciler.refnode.agave import AgaveFaults, AgaveOptions
+
+        if ledger is None:
+            raise SettingsError("--kind agave needs --ledger DIR (where admin.rpc lives)")
+        serve(AgaveOptions(
+            ledger=ledger.absolute(),
+            geyser_plugin_configs=[str(p) for p in geyser_plugin_config or []],
+            always_enabled=geyser_plugin_always_enabled,
+            faults=AgaveFaults(fault_latency_ms, fault_error_rate, fault_drop_rate,
+                               fault_seed, fault_load_delay, fault_unload_delay,
+                               fault_hang)))
+        return
 
     host, port = rest_address(rest)
     try:
@@ -625,6 +661,30 @@ def node(
         root=str(root) if root else None,
         tls_cert=str(tls_cert) if tls_cert else None,
         tls_key=str(tls_key) if tls_key else None))
+
+
+# Flags that only one kind of reference node understands (the `node` command).
+_SNARKOS_ONLY = ("rest", "network", "jwt_secret", "jwt_timestamp", "nojwt", "slipstream_config",
+                 "rest_rps", "data_dir", "no_slipstream", "no_runtime_loading", "no_v2",
+                 "v1_http_code_suffix", "root", "tls_cert", "tls_key")
+_AGAVE_ONLY = ("ledger", "geyser_plugin_config", "geyser_plugin_always_enabled",
+               "fault_unload_delay", "fault_hang")
+
+
+def _refuse_other_kinds_flags(ctx: typer.Context, kind: str) -> None:
+    """A flag the chosen kind does not have is a mistake, said in one line, not ignored."""
+    import click
+
+    if kind not in ("snarkos", "agave"):
+        raise SettingsError(f"--kind must be snarkos or agave, not {kind!r}")
+    foreign = _SNARKOS_ONLY if kind == "agave" else _AGAVE_ONLY
+    given = [name for name in foreign
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        other = "snarkOS" if kind == "agave" else "Agave"
+        raise SettingsError(f"{flags}: only for the {other} reference node, not with "
+                            f"--kind {kind}")
 
 
 def main() -> None:

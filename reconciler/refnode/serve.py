@@ -1,6 +1,7 @@
 """The reference node's life as a process: start, announce, restart on SIGUSR1 (run-time
 plugins forgotten, as on a real restart), stop on SIGTERM or SIGINT. The `node` command
-builds the options and hands them here; the server itself is reconciler.refnode.server."""
+builds the options and hands them here; the servers themselves are
+reconciler.refnode.server (snarkOS) and reconciler.refnode.agave (Agave)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import threading
 import types
 
 from reconciler.errors import SettingsError
+from reconciler.refnode.agave import AgaveNode, AgaveOptions
 from reconciler.refnode.server import NodeOptions, RefNode, StartupError
 
 
@@ -22,10 +24,14 @@ def rest_address(rest: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def serve(options: NodeOptions) -> None:
+def serve(options: NodeOptions | AgaveOptions) -> None:
     """Runs one reference node in the foreground until SIGTERM or SIGINT."""
+    refnode: RefNode | AgaveNode
     try:
-        refnode = RefNode(options).start()
+        if isinstance(options, AgaveOptions):
+            refnode = AgaveNode(options).start()
+        else:
+            refnode = RefNode(options).start()
     except (StartupError, OSError, ssl.SSLError) as exc:
         raise SettingsError(f"the reference node could not start: {exc}") from None
     stop = threading.Event()
@@ -53,7 +59,10 @@ def serve(options: NodeOptions) -> None:
     refnode.stop()
 
 
-def announce(refnode: RefNode) -> None:
+def announce(refnode: RefNode | AgaveNode) -> None:
+    if isinstance(refnode, AgaveNode):
+        announce_agave(refnode)
+        return
     if not refnode.options.slipstream:
         manager = "built without the Slipstream plugin API"
     elif refnode.manager is None:
@@ -65,4 +74,16 @@ def announce(refnode: RefNode) -> None:
     if not refnode.options.nojwt:
         # snarkOS prints this line; so does its stand-in. The reconciler never prints tokens.
         print(f"Your one-time JWT token is {refnode.token}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def announce_agave(refnode: AgaveNode) -> None:
+    if refnode.manager is None:
+        service = "no geyser plugin service"
+    else:
+        service = f"{len(refnode.manager.names())} start-up plugin(s)"
+        if refnode.options.always_enabled:
+            service += ", always enabled"
+    print(f"reference node listening on {refnode.socket_path} (agave admin RPC, {service})",
+          file=sys.stderr)
     sys.stderr.flush()
