@@ -75,7 +75,8 @@ class Reconciler:
         self.reader = reader or DirectoryReader(Trust(settings.allow_writable),
                                                 cache_path=settings.state / "cache.json",
                                                 check_libraries=settings.check_libraries,
-                                                node_path=settings.node_path)
+                                                node_path=settings.node_path,
+                                                rules=settings.rules)
         self.store = LedgerStore(settings.state, sync_intents=not settings.node_on_this_host)
         self.live_override = live_override
         self._client = client

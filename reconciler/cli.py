@@ -35,6 +35,7 @@ from reconciler.options import (
 from reconciler.settings import Settings, default_state_dir
 
 if TYPE_CHECKING:
+    from reconciler.desired import Desired, Problem
     from reconciler.fleet import Target
     from reconciler.outcome import Outcome
     from reconciler.plan import Policy
@@ -231,9 +232,32 @@ def _validate_report(settings: Settings, no_library_check: bool, output: Output)
 
     desired = DirectoryReader(Trust(settings.allow_writable),
                               check_libraries=not no_library_check,
-                              node_path=settings.node_path).read(settings.config_dir)
+                              node_path=settings.node_path,
+                              rules=settings.rules).read(settings.config_dir)
+    desired = replace(desired, warnings=desired.warnings + _rebuilt_in_place(settings, desired))
     return _as_report(output, ERROR if desired.invalid else OK, render.validate_text(desired),
                       render.validate_json(desired))
+
+
+def _rebuilt_in_place(settings: Settings, desired: Desired) -> tuple[Problem, ...]:
+    """Where the node keeps old code at a path it loaded (Agave's dlopen), the files whose
+    library changed at an unchanged libpath since they were applied: the planner's own
+    verdict (it holds such a replace), asked as if the node still ran what the ledger says.
+    Offline and read-only: the ledger is read only if the state directory has one."""
+    from reconciler.desired import Problem
+    from reconciler.errors import LedgerError
+    from reconciler.ledgerstore import LedgerStore
+    from reconciler.plan import plan
+
+    if not settings.rules.keeps_old_code_at_same_path or not settings.state.is_dir():
+        return ()
+    try:
+        ledger = LedgerStore(settings.state).load()
+    except LedgerError as exc:
+        return (Problem(str(settings.state), f"the rebuilt-in-place check was skipped: {exc}"),)
+    held = plan(desired, list(ledger.entries), ledger, rules=settings.rules).held
+    return tuple(Problem(h.config_file, h.reason) for h in held
+                 if h.state == "rebuilt-in-place" and h.config_file is not None)
 
 
 # -- plan -------------------------------------------------------------------------------

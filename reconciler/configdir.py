@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 import unicodedata
 from collections import Counter
@@ -26,12 +27,14 @@ from reconciler import nodepath
 from reconciler.atomicfile import atomic_write
 from reconciler.desired import UNCHECKED, Desired, DesiredPlugin, Problem, is_config_name
 from reconciler.errors import ConfigDirError, UntrustedConfig
+from reconciler.noderules import SNARKOS, NodeRules
 
 MAX_CONFIG_BYTES = 1 << 20
 # Names the parse that made the cached config summaries; a new parse invalidates them.
-PARSE_VERSION = "configparse-1"
-# What validation needs of one config, as the cache file keeps it (JSON): {"type", "fields"}
-# or {"error": [message, line, column]}.
+# configparse-2: an object's summary also holds its strict-JSON verdict ("strict").
+PARSE_VERSION = "configparse-2"
+# What validation needs of one config, as the cache file keeps it (JSON): {"type", "fields",
+# "strict": None or [message, line, column]} or {"error": [message, line, column]}.
 Summary = dict[str, Any]
 
 
@@ -88,8 +91,12 @@ class DirectoryReader:
 
     def __init__(self, trust: Trust | None = None, cache_path: Path | None = None,
                  check_libraries: bool = True,
-                 node_path: Callable[[str], str] | None = None) -> None:
+                 node_path: Callable[[str], str] | None = None,
+                 rules: NodeRules = SNARKOS) -> None:
         self.trust = trust or Trust()
+        # What the node does with a config (duplicate rule, strict `.json`): a value,
+        # never the kind's name (reconciler.noderules).
+        self.rules = rules
         # Where the node sees a config file (Settings.node_path): its duplicate-library
         # rule joins libpath onto that folder, which matters for absolute libpaths.
         self.node_path = node_path or (lambda path: path)
@@ -160,14 +167,34 @@ class DirectoryReader:
             except _Invalid as bad:
                 problems.append(Problem(path, *bad.problem))
                 continue
-            if plugin.name is None:
-                warnings.append(Problem(path, "no `name`: the plugin's name is known only "
-                                        "after it is loaded; set `name` to make plans exact"))
+            warnings += self._warnings(path, plugin)
             plugins.append(plugin)
-        plugins, duplicates = _without_duplicates(plugins)
+        plugins, duplicates = _without_duplicates(plugins, self.rules)
         self._forget_unused(used, {p.libpath for p in plugins})
         self._save_cache()
         return Desired(directory, tuple(plugins), tuple(problems + duplicates), tuple(warnings))
+
+    def _warnings(self, path: str, plugin: DesiredPlugin) -> list[Problem]:
+        """What may go wrong with a valid file once the node has it."""
+        warnings: list[Problem] = []
+        strict_plugins = self.rules.json_suffix_is_strict
+        if plugin.name is None:
+            message = ("no `name`: the plugin's name is known only after it is loaded (plans "
+                       "show it as \"(known after apply)\"; the ledger records the name the "
+                       "node returns)")
+            message += ("; that is right for plugins such as Yellowstone gRPC, which forbid "
+                        "`name` in their config" if strict_plugins
+                        else "; set `name` to make plans exact")
+            warnings.append(Problem(path, message))
+        strict = self._summaries.get(plugin.config_sha256, {}).get("strict")
+        if strict_plugins and path.endswith(".json") and strict:
+            reason, line, column = strict
+            warnings.append(Problem(
+                path, f"not strict JSON ({reason}): the {self.rules.product} reads it (JSON5), "
+                "but plugins such as Yellowstone gRPC re-read their config as strict JSON and "
+                "would fail in on_load; rename it to .json5 if the plugin accepts JSON5, or "
+                "write strict JSON", line, column))
+        return warnings
 
     def _check_trust(self, directory: str, directory_stat: os.stat_result,
                      names: list[str]) -> list[Problem]:
@@ -235,7 +262,8 @@ class DirectoryReader:
             if isinstance(config, dict):
                 self._full[digest] = config
                 summary = {"type": "object",
-                           "fields": {k: config[k] for k in ("libpath", "name") if k in config}}
+                           "fields": {k: config[k] for k in ("libpath", "name") if k in config},
+                           "strict": _not_strict_json(raw)}
             else:
                 summary = {"type": _json_type(config)}
         self._summaries[digest] = summary
@@ -363,6 +391,44 @@ def _parse(raw: bytes) -> object:
         raise _Invalid(exc.message, exc.line, exc.column) from None
 
 
+def _not_strict_json(raw: bytes) -> list[Any] | None:
+    """Why these bytes are not strict JSON ([reason, line, column]), or None: what a
+    plugin that re-reads its config with serde_json (Yellowstone gRPC) would refuse.
+    Python's json is as strict as serde_json here, once NaN and Infinity are refused."""
+    try:
+        json.loads(raw.decode("utf-8"), parse_constant=_not_json_constant)
+    except UnicodeDecodeError as exc:
+        return [f"not UTF-8: {exc.reason}", None, None]
+    except json.JSONDecodeError as exc:
+        return [exc.msg, exc.lineno, exc.colno]
+    except _Constant as exc:
+        return [str(exc), *_constant_position(raw.decode("utf-8"), exc.name)]
+    return None
+
+
+class _Constant(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} is JSON5, not JSON")
+        self.name = name
+
+
+def _not_json_constant(name: str) -> object:
+    raise _Constant(name)
+
+
+_STRING_OR_CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)')
+
+
+def _constant_position(text: str, name: str) -> tuple[int, int] | tuple[None, None]:
+    """Where json met NaN or Infinity (it does not say): the first one outside a string;
+    everything before it is JSON, so strings are the only place it could hide."""
+    for match in _STRING_OR_CONSTANT.finditer(text):
+        if match.group(1) is not None and match.group(1).lstrip("-") == name.lstrip("-"):
+            at = match.start(1)
+            return text.count("\n", 0, at) + 1, at - (text.rfind("\n", 0, at) + 1) + 1
+    return None, None
+
+
 def _hash_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -382,27 +448,43 @@ def _json_type(value: object) -> str:
 
 
 def _without_duplicates(
-    plugins: list[DesiredPlugin],
+    plugins: list[DesiredPlugin], rules: NodeRules = SNARKOS,
 ) -> tuple[list[DesiredPlugin], list[Problem]]:
     """Two files that claim one name or one library can't both be loaded; which one the
     operator meant is not ours to guess, so both are invalid. "One library" is the node's
     rule, no more and no fewer: the joined paths' components are equal (`dir/./x.so` is
-    `dir/x.so`; `dir/../dir/x.so` is not, though it is the same file: the node loads it)."""
+    `dir/x.so`; `dir/../dir/x.so` is not, though it is the same file: the node loads it).
+
+    A node that checks names only (`rules.one_plugin_per_library` False: Agave) loads one
+    library twice under two declared names; but two files that declare no name on one
+    library would both get the library's name, so those two still clash."""
     names: Counter[str | None] = Counter(p.name for p in plugins if p.name is not None)
     keys = {id(p): p.library_key or nodepath.components(p.libpath) for p in plugins}
-    libraries = Counter(keys.values())
+
+    def library_rule(p: DesiredPlugin) -> bool:
+        return rules.one_plugin_per_library or p.name is None
+
+    libraries = Counter(keys[id(p)] for p in plugins if library_rule(p))
     keep: list[DesiredPlugin] = []
     problems: list[Problem] = []
     for plugin in plugins:
         key = keys[id(plugin)]
-        if names[plugin.name] > 1 or libraries[key] > 1:
+        by_library = library_rule(plugin) and libraries[key] > 1
+        if names[plugin.name] > 1 or by_library:
             others = [o.config_file for o in plugins if o is not plugin and (
                 (plugin.name is not None and o.name == plugin.name)
-                or keys[id(o)] == key)]
-            what = (f"name {plugin.name!r}" if names[plugin.name] > 1
-                    else f"library {plugin.libpath}")
-            problems.append(Problem(plugin.config_file, f"{what} is also claimed by "
-                                    f"{', '.join(others)}; neither file is applied"))
+                or (by_library and library_rule(o) and keys[id(o)] == key))]
+            claimed = f"is also claimed by {', '.join(others)}; neither file is applied"
+            if names[plugin.name] > 1:
+                message = f"name {plugin.name!r} {claimed}"
+            elif rules.one_plugin_per_library:
+                message = f"library {plugin.libpath} {claimed}"
+            else:
+                message = (f"library {plugin.libpath} {claimed}: neither file sets `name`, so "
+                           f"the library names both plugins the same and the {rules.product} "
+                           "(which checks names only) would refuse the second; give each file "
+                           "its own `name`, or keep one file")
+            problems.append(Problem(plugin.config_file, message))
         else:
             keep.append(plugin)
     return keep, problems

@@ -10,18 +10,21 @@ means one thing a caller can act on; nothing above the node client looks at HTTP
     ├── LedgerError              the ledger is corrupt or cannot be written
     ├── StalePlanError           a saved plan no longer matches the world
     └── NodeError                the node could not do what was asked
-        ├── NodeUnreachable          connection refused, reset, …
+        ├── NodeUnreachable          connection refused, reset, …; Agave: no socket
         │   └── NodeTimeout          no answer within --timeout (a load may still finish)
-        ├── Unauthorized             401 after a token refresh
+        ├── Unauthorized             401 after a token refresh; Agave: the socket's mode
+        │                            refuses our user (EACCES): run as the validator's user
         ├── ApiAbsent                404 on every prefix: a build without the Slipstream API
-        ├── NoPluginManager          503: started without any --slipstream-config
+        ├── NoPluginManager          503: started without any --slipstream-config; Agave:
+        │                            "No geyser plugin service" (a restart is needed)
         ├── RuntimeLoadUnsupported   405 on POST/DELETE: plugins chosen at start-up
         ├── RateLimited              429 that outlasted our patience
         ├── HiddenCause              the old prefixes' "Failed to convert error", again
-        ├── AlreadyLoaded(name)      422: that name or that library is loaded
-        ├── NotLoaded                404 on DELETE
-        ├── Rejected                 any other load/unload failure (500)
-        └── BadResponse              an answer that is not the node's API
+        ├── AlreadyLoaded(name)      422: that name or that library is loaded (Agave: name)
+        ├── NotLoaded                404 on DELETE; Agave: "…requested to unload is not…"
+        ├── Rejected                 any other load/unload/reload failure (500; -32600)
+        └── BadResponse              an answer that is not the node's API (Agave: other
+                                     JSON-RPC errors: -32601, -32602, -32603, -32700)
 
 A brake that refuses a pass is not an error: it is part of the plan (`Plan.blocked`),
 shown and turned into exit 1 by the CLI.

@@ -325,3 +325,97 @@ def test_the_readers_caches_hold_only_what_the_last_read_used(ws):
     assert max(sizes.values()) <= 4, sizes
     # the cache file shared by one-shot commands is bounded the same way
     assert len(json.loads((ws.state / "cache.json").read_text())["configs"]) == 4
+
+
+# -- an Agave validator's rules (reconciler.noderules.AGAVE) ------------------------------
+def read_agave(ws, **kw):
+    from reconciler.noderules import AGAVE
+
+    return DirectoryReader(rules=AGAVE, **kw).read(ws.conf)
+
+
+def test_a_json_file_that_is_only_json5_warns_under_agave_with_line_and_column(ws):
+    ws.library("geyser")
+    ws.config("geyser.json", raw='{\n  "libpath": "../libs/libgeyser.so",\n'
+                                  '  // the gRPC port\n  "grpc": {"address": "0.0.0.0:10000"}\n}')
+    desired = read_agave(ws)
+    assert desired.invalid == () and len(desired.plugins) == 1  # Agave reads JSON5: valid
+    (warning,) = [w for w in desired.warnings if "strict JSON" in w.message]
+    assert (warning.file, warning.line, warning.column) == (str(ws.conf / "geyser.json"), 3, 3)
+    assert str(warning).startswith(f"{ws.conf / 'geyser.json'}:3:3: not strict JSON (")
+    for words in ("Yellowstone gRPC", "on_load", "rename it to .json5", "write strict JSON"):
+        assert words in warning.message
+    assert [w for w in read(ws).warnings if "strict JSON" in w.message] == []  # snarkOS
+
+
+@pytest.mark.parametrize("filename, raw, strict", [
+    ("a.json5", '{libpath: "../libs/liba.so",}', True),  # .json5 says what it is
+    ("a.json", '{"libpath": "../libs/liba.so"}', True),
+    ("a.json", '{"libpath": "../libs/liba.so", "n": NaN}', False),
+    ("a.json", '{"libpath": "../libs/liba.so", "n": "NaN", "m": -Infinity}', False),
+    ("a.json", "{'libpath': '../libs/liba.so'}", False),
+    ("a.json", '{"libpath": "../libs/liba.so",}', False),
+])
+def test_which_json_files_are_strict(ws, filename, raw, strict):
+    ws.library("a")
+    ws.config(filename, raw=raw)
+    warned = [w for w in read_agave(ws).warnings if "strict JSON" in w.message]
+    assert (warned == []) is strict, warned
+    if not strict:
+        assert warned[0].line == 1 and warned[0].column is not None
+
+
+def test_a_nan_is_placed_outside_strings(ws):
+    ws.library("a")
+    ws.config("a.json", raw='{"libpath": "../libs/liba.so",\n "s": "NaN", "n": NaN}')
+    (warning,) = [w for w in read_agave(ws).warnings if "strict JSON" in w.message]
+    assert (warning.line, warning.column) == (2, 19) and "NaN is JSON5" in warning.message
+
+
+def test_the_strict_verdict_is_cached_with_the_parse(ws, monkeypatch):
+    from reconciler import configparse
+
+    ws.state.mkdir()
+    cache = ws.state / "cache.json"
+    ws.library("a")
+    ws.config("a.json", raw="{libpath: '../libs/liba.so'}")
+    first = read_agave(ws, cache_path=cache)
+    assert json.loads(cache.read_text())["parse"] == "configparse-2"
+    monkeypatch.setattr(configparse, "parse", lambda *a, **k: pytest.fail("parsed again"))
+    assert read_agave(ws, cache_path=cache) == first
+    assert any("strict JSON" in w.message for w in first.warnings)
+
+
+def test_under_agave_one_library_may_run_twice_under_two_names(ws):
+    ws.library("shared")
+    ws.config("a.json5", name="a", lib="shared")
+    ws.config("b.json5", name="b", lib="shared")
+    ws.config("c.json5", lib="shared")  # unnamed: the library's name, not a or b
+    desired = read_agave(ws)
+    assert desired.invalid == ()
+    assert sorted(p.label for p in desired.plugins) == ["(known after apply)", "a", "b"]
+    assert len(read(ws).invalid) == 3  # snarkOS: one plugin per library
+
+
+def test_under_agave_two_unnamed_files_on_one_library_still_clash(ws):
+    ws.library("shared")
+    ws.config("a.json5", lib="shared")
+    ws.config("b.json5", lib="shared")
+    ws.config("named.json5", name="n", lib="shared")
+    desired = read_agave(ws)
+    assert [p.name for p in desired.plugins] == ["n"]
+    assert sorted(p.file for p in desired.invalid) == [str(ws.conf / "a.json5"),
+                                                      str(ws.conf / "b.json5")]
+    problem = desired.invalid[0]
+    assert f"also claimed by {ws.conf / 'b.json5'};" in problem.message  # not named.json5
+    assert "neither file sets `name`" in problem.message and "same" in problem.message
+
+
+def test_under_agave_the_no_name_warning_says_yellowstone_forbids_name(ws):
+    ws.config("geyser.json5")
+    (warning,) = read_agave(ws).warnings
+    assert "known only after it is loaded" in warning.message
+    assert "(known after apply)" in warning.message and "ledger records" in warning.message
+    assert "Yellowstone" in warning.message and "forbid `name`" in warning.message
+    (snarkos,) = read(ws).warnings
+    assert "set `name` to make plans exact" in snarkos.message
