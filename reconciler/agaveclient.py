@@ -185,7 +185,9 @@ class AgaveClient:
             finally:
                 if self.on_response is not None:
                     self.on_response(method, status)
-            if answer.get("id") != ident:
+            # jsonrpc-core answers a request it could not read with id null (-32700).
+            unread = "error" in answer and answer.get("id") is None
+            if answer.get("id") != ident and not unread:
                 self._drop()
                 raise BadResponse(f"the validator at {self.socket_path} answered {method} "
                                   f"for request id {answer.get('id')!r}, not {ident}")

@@ -117,7 +117,8 @@ def _main(
 TargetsOpt = Annotated[Path | None, typer.Option(
     "--targets", envvar="SLIPSTREAM_TARGETS",
     help="A JSON5 list of nodes ({name, node_url, network, config_dir, node_config_dir, "
-         "jwt_token_file | jwt_secret_file, state_dir}): run against each, then a summary.")]
+         "jwt_token_file | jwt_secret_file, state_dir}; an Agave validator: {name, "
+         "node_kind: \"agave\", ledger, config_dir, …}): run against each, then a summary.")]
 WorkersOpt = Annotated[int, typer.Option(
     "--workers", help="With --targets: how many nodes at once.")]
 SEVERITY = (ERROR, NOT_CONVERGED, CHANGES, OK)
@@ -311,7 +312,7 @@ def _plan_report(settings: Settings, policy: Policy, output: Output, detailed_ex
     shown = settings.shown_node if live is None else f"(live state from {live_from})"
     client = reconciler.client if live is None else None
     kind = client.kind if client is not None else None
-    data = render.plan_json(the_plan, shown, settings.network, kind, refused)
+    data = render.plan_json(the_plan, shown, settings.shown_network, kind, refused)
     if out is not None:
         from reconciler import planfile
 
@@ -322,7 +323,8 @@ def _plan_report(settings: Settings, policy: Policy, output: Output, detailed_ex
     elif detailed_exitcode and the_plan.changes_node:
         code = CHANGES
     text = render.plan_text(the_plan, str(settings.config_dir.absolute()), shown,
-                            settings.network, client.described if client else None, refused)
+                            settings.shown_network, client.described if client else None,
+                            refused)
     return _as_report(output, code, text, data)
 
 
@@ -409,7 +411,7 @@ def _apply_report(settings: Settings, policy: Policy, output: Output, detailed_e
     lines = []
     if result.plan.invalid or result.plan.blocked or not result.outcomes:
         lines.append(render.plan_text(result.plan, directory, settings.shown_node,
-                                      settings.network))
+                                      settings.shown_network))
     if not result.plan.blocked:
         lines.append(render.apply_summary(result))
         lines.append(f"Node: {reconciler.client.described}.")
@@ -423,7 +425,7 @@ def _apply_report(settings: Settings, policy: Policy, output: Output, detailed_e
         code = CHANGES if detailed_exitcode and result.changed else OK
     kind = reconciler.client.kind
     return _as_report(output, code, "\n".join(lines),
-                      render.apply_json(result, settings.shown_node, settings.network,
+                      render.apply_json(result, settings.shown_node, settings.shown_network,
                                         kind), err)
 
 
@@ -469,12 +471,13 @@ def _status_report(settings: Settings, policy: Policy, output: Output) -> Report
     prefix = client.prefix
     directory = str(settings.config_dir.absolute())
     meta: dict[str, object] = {
-        "node": settings.shown_node, "network": settings.network, "api_prefix": prefix,
+        "node": settings.shown_node, "network": settings.shown_network, "api_prefix": prefix,
         "node_kind": client.kind, "cannot_apply": refused,
         "config_dir": directory, "in_sync": in_sync(rows),
         "daemon": render.daemon_json(record, alive)}
     counts = ", ".join(f"{n} {s}" for s, n in sorted(count_states(rows).items()))
-    footer = (f"node {settings.shown_node} · network {settings.network} · {client.described}"
+    network = f" · network {settings.shown_network}" if settings.shown_network else ""
+    footer = (f"node {settings.shown_node}{network} · {client.described}"
               f" · {counts or 'no plugins'}")
     if refused:
         footer += f"\nthis node cannot apply the changes: {refused}"

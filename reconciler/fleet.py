@@ -1,7 +1,9 @@
 """A fleet of nodes: one command, every target.
 
 `--targets FILE` (JSON5) lists the nodes: `[{name, node_url, network, config_dir,
-node_config_dir, jwt_token_file | jwt_secret_file, state_dir}]`. Read-only commands
+node_config_dir, jwt_token_file | jwt_secret_file, state_dir}]` for snarkOS, `[{name,
+node_kind: "agave", ledger, config_dir, …}]` for Agave validators (a fleet may mix them;
+`node_kind` defaults to --node-kind). Read-only commands
 (validate, plan, status) run against every target at once with a bounded number of
 workers; apply goes target by target and stops at the first target that fails unless told
 to keep going. Each target keeps its own state directory (its own ledger), by default
@@ -18,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ReconcilerError, SettingsError
+from reconciler.noderules import KINDS
 from reconciler.report import Report
-from reconciler.settings import Settings
+from reconciler.settings import Settings, refuse_snarkos_only
 
-KEYS = {"name", "node_url", "network", "config_dir", "node_config_dir", "node_state_dir",
-        "jwt_token_file", "jwt_secret_file", "state_dir"}
-PATHS = KEYS - {"name", "node_url", "network"}
+KEYS = {"name", "node_kind", "ledger", "node_url", "network", "config_dir", "node_config_dir",
+        "node_state_dir", "jwt_token_file", "jwt_secret_file", "state_dir"}
+PATHS = KEYS - {"name", "node_kind", "node_url", "network"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -55,11 +58,20 @@ def read_targets(path: Path, base: Settings) -> list[Target]:
             raise SettingsError(f"{where}: `name` must be a unique word of letters, digits, "
                                 "'.', '_' or '-'")
         seen.add(name)
-        for key in ("node_url", "config_dir"):
+        kind = item.get("node_kind", base.node_kind)
+        if kind not in KINDS:
+            raise SettingsError(f"{where} ({name}): `node_kind` must be one of "
+                                f"{', '.join(KINDS)}, not {kind!r}")
+        # Each validator has its own ledger; a snarkOS target has none.
+        address = "ledger" if kind == "agave" else "node_url"
+        for key in (address, "config_dir"):
             if not isinstance(item.get(key), str):
                 raise SettingsError(f"{where} ({name}): `{key}` is required")
+        refuse_snarkos_only(kind, set(item), f"{where} ({name}): ", as_keys=True)
         values: dict[str, Any] = {k: (Path(v) if k in PATHS else v)
                                   for k, v in item.items() if k != "name"}
+        values["node_kind"] = kind
+        values.setdefault("ledger", None)
         values.setdefault("state_dir", base.state / "targets" / name)
         values.setdefault("jwt_token_file", None)
         values.setdefault("jwt_secret_file", None)

@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from reconciler.errors import SettingsError
-from reconciler.settings import DEFAULT_CONFIG_DIR, DEFAULT_NODE_URL, Settings
+from reconciler.settings import (
+    DEFAULT_CONFIG_DIR,
+    DEFAULT_NODE_URL,
+    Settings,
+    refuse_snarkos_only,
+)
 
 if TYPE_CHECKING:  # the planner loads when a command needs it, not with the options
     from reconciler.plan import Policy
@@ -36,6 +41,11 @@ class Api(StrEnum):
     auto = "auto"
     v2 = "v2"
     v1 = "v1"
+
+
+class NodeKindOpt(StrEnum):
+    snarkos = "snarkos"
+    agave = "agave"
 
 
 class PruneOpt(StrEnum):
@@ -57,26 +67,39 @@ NoLibraryCheck = Annotated[bool, typer.Option(
 DetailedExit = Annotated[bool, typer.Option(
     "--detailed-exitcode", help="Exit 2 when there are (or were) changes, 0 when none.")]
 
+# The snarkOS-only settings default to None, so that one given for an Agave validator can
+# be told from a default and refused (settings.refuse_snarkos_only); their defaults are
+# filled in by build_settings and shown in --help.
 SETTINGS: list[tuple[str, object, object]] = [
     ("config_dir", ConfigDir, Path(DEFAULT_CONFIG_DIR)),
-    ("node_url", Annotated[str, typer.Option(
-        "--node-url", envvar="SLIPSTREAM_NODE_URL", help="The node's REST address.")],
-     DEFAULT_NODE_URL),
-    ("network", Annotated[str, typer.Option(
-        "--network", envvar="SLIPSTREAM_NETWORK", help="mainnet, testnet or canary.")],
-     "mainnet"),
-    ("api", Annotated[Api, typer.Option(
-        "--api", envvar="SLIPSTREAM_API",
-        help="API prefix: v2 (real status codes), v1 (plain prefix, errors as text) or "
-             "auto.")], Api.auto),
+    ("node_kind", Annotated[NodeKindOpt, typer.Option(
+        "--node-kind", envvar="SLIPSTREAM_NODE_KIND",
+        help="snarkos (a Slipstream REST API) or agave (a validator's admin RPC socket).")],
+     NodeKindOpt.snarkos),
+    ("ledger", Annotated[Path | None, typer.Option(
+        "--ledger", envvar="SLIPSTREAM_LEDGER", show_default=False,
+        help="Agave: the validator's ledger directory (its -l/--ledger), where the "
+             "admin.rpc socket is.")], None),
+    ("node_url", Annotated[str | None, typer.Option(
+        "--node-url", envvar="SLIPSTREAM_NODE_URL", show_default=DEFAULT_NODE_URL,
+        help="snarkOS: the node's REST address.")], None),
+    ("network", Annotated[str | None, typer.Option(
+        "--network", envvar="SLIPSTREAM_NETWORK", show_default="mainnet",
+        help="snarkOS: mainnet, testnet or canary.")], None),
+    ("api", Annotated[Api | None, typer.Option(
+        "--api", envvar="SLIPSTREAM_API", show_default="auto",
+        help="snarkOS: API prefix: v2 (real status codes), v1 (plain prefix, errors as text) "
+             "or auto.")], None),
     ("jwt_token_file", Annotated[Path | None, typer.Option(
         "--jwt-token-file", envvar="SLIPSTREAM_JWT_TOKEN_FILE",
-        help="The node's jwt_secret_<address>.txt (holds a token; re-read after a 401). A "
-             "token may also come from $SLIPSTREAM_JWT_TOKEN, never from the command line.")],
+        help="snarkOS: the node's jwt_secret_<address>.txt (holds a token; re-read after a "
+             "401). A token may also come from $SLIPSTREAM_JWT_TOKEN, never from the command "
+             "line.")],
      None),
     ("jwt_secret_file", Annotated[Path | None, typer.Option(
         "--jwt-secret-file", envvar="SLIPSTREAM_JWT_SECRET_FILE",
-        help="File holding the node's base64 --jwt-secret; tokens are minted from it.")],
+        help="snarkOS: file holding the node's base64 --jwt-secret; tokens are minted from "
+             "it.")],
      None),
     ("state_dir", Annotated[Path | None, typer.Option(
         "--state-dir", envvar="SLIPSTREAM_STATE_DIR", show_default=False,
@@ -91,19 +114,21 @@ SETTINGS: list[tuple[str, object, object]] = [
         help="The state directory's path as the node sees it: a failed replace rolls back "
              "from copies kept there, which the node must read. Default: same as "
              "--state-dir.")], None),
-    ("max_rps", Annotated[float, typer.Option(
-        "--max-rps", envvar="SLIPSTREAM_MAX_RPS",
-        help="Requests per second to stay under (the node's --rest-rps); 0 turns pacing "
-             "off.")], 10.0),
+    ("max_rps", Annotated[float | None, typer.Option(
+        "--max-rps", envvar="SLIPSTREAM_MAX_RPS", show_default="10",
+        help="snarkOS: requests per second to stay under (the node's --rest-rps); 0 turns "
+             "pacing off.")], None),
     ("timeout", Annotated[float, typer.Option(
         "--timeout", envvar="SLIPSTREAM_TIMEOUT",
         help="Seconds to wait for each node answer.")], 10.0),
     ("ca_file", Annotated[Path | None, typer.Option(
         "--ca-file", envvar="SLIPSTREAM_CA_FILE", show_default=False,
-        help="CA bundle to verify an https:// node with. Default: the system's.")], None),
+        help="snarkOS: CA bundle to verify an https:// node with. Default: the system's.")],
+     None),
     ("insecure_skip_verify", Annotated[bool, typer.Option(
         "--insecure-skip-verify", envvar="SLIPSTREAM_INSECURE_SKIP_VERIFY",
-        help="Do not verify the node's TLS certificate. Loud, and never for production.")],
+        help="snarkOS: do not verify the node's TLS certificate. Loud, and never for "
+             "production.")],
      False),
     ("insecure_allow_writable", AllowWritable, False),
 ]
@@ -122,18 +147,35 @@ POLICY: list[tuple[str, object, object]] = [
 ]
 
 
-def build_settings(config_dir: Path, node_url: str, network: str, api: Api,
+def build_settings(config_dir: Path, node_kind: NodeKindOpt, ledger: Path | None,
+                   node_url: str | None, network: str | None, api: Api | None,
                    jwt_token_file: Path | None, jwt_secret_file: Path | None,
                    state_dir: Path | None, node_config_dir: Path | None,
-                   node_state_dir: Path | None, max_rps: float,
+                   node_state_dir: Path | None, max_rps: float | None,
                    timeout: float, ca_file: Path | None, insecure_skip_verify: bool,
                    insecure_allow_writable: bool) -> Settings:
-    return Settings(config_dir=config_dir, node_url=node_url, network=network, api=api.value,
+    import os
+
+    from reconciler.auth import TOKEN_ENV
+
+    given = {name for name, value in (
+        ("node_url", node_url), ("network", network), ("api", api),
+        ("jwt_token_file", jwt_token_file), ("jwt_secret_file", jwt_secret_file),
+        ("max_rps", max_rps), ("ca_file", ca_file)) if value is not None}
+    if insecure_skip_verify:
+        given.add("insecure_skip_verify")
+    if os.environ.get(TOKEN_ENV):
+        given.add("jwt_token")
+    refuse_snarkos_only(node_kind.value, given)
+    return Settings(config_dir=config_dir, node_url=node_url or DEFAULT_NODE_URL,
+                    network=network or "mainnet", api=(api or Api.auto).value,
                     jwt_token_file=jwt_token_file, jwt_secret_file=jwt_secret_file,
                     state_dir=state_dir, node_config_dir=node_config_dir,
-                    node_state_dir=node_state_dir, max_rps=max_rps,
+                    node_state_dir=node_state_dir,
+                    max_rps=10.0 if max_rps is None else max_rps,
                     timeout=timeout, ca_file=ca_file, insecure_skip_verify=insecure_skip_verify,
-                    allow_writable=insecure_allow_writable)
+                    allow_writable=insecure_allow_writable, node_kind=node_kind.value,
+                    ledger=ledger)
 
 
 def build_policy(prune: PruneOpt, allow_empty: bool, max_unloads: int | None) -> Policy:

@@ -49,7 +49,7 @@ def change_line(change: Change | Held, directory: str | None) -> str:
             f"{shown_path(change.config_file, directory)}  ({change.reason})")
 
 
-def plan_text(p: Plan, directory: str | None, node: str, network: str,
+def plan_text(p: Plan, directory: str | None, node: str, network: str | None,
               node_kind: str | None = None, cannot_apply: str | None = None) -> str:
     """`node_kind`: the node in words, once it has answered; `cannot_apply`: why this node
     cannot carry the plan out (a read-only node), asked without changing anything."""
@@ -63,7 +63,8 @@ def plan_text(p: Plan, directory: str | None, node: str, network: str,
     if p.warnings:
         lines.append("")
     if p.changes:
-        lines.append(f"The reconciler will make these changes on {node} ({network}):")
+        where = f"{node} ({network})" if network else node  # an Agave socket: no network
+        lines.append(f"The reconciler will make these changes on {where}:")
         lines += [change_line(c, directory) for c in p.changes]
         lines.append("")
     if p.held:
@@ -103,7 +104,7 @@ def change_json(change: Change | Held) -> Json:
             "config_file": change.config_file, "reason": change.reason}
 
 
-def plan_json(p: Plan, node: str, network: str, node_kind: str | None = None,
+def plan_json(p: Plan, node: str, network: str | None, node_kind: str | None = None,
               cannot_apply: str | None = None) -> Json:
     return {
         "format_version": FORMAT_VERSION,
@@ -143,7 +144,7 @@ def apply_summary(result: PassResult) -> str:
     return text
 
 
-def apply_json(result: PassResult, node: str, network: str,
+def apply_json(result: PassResult, node: str, network: str | None,
                node_kind: str | None = None) -> Json:
     return {
         **plan_json(result.plan, node, network, node_kind),

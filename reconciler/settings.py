@@ -15,6 +15,13 @@ from reconciler.snarkos import NETWORKS
 DEFAULT_CONFIG_DIR = "/etc/slipstream/plugins.d"
 DEFAULT_NODE_URL = "http://127.0.0.1:3030"
 APIS = ("auto", "v2", "v1")
+# Settings that only a snarkOS node's REST API has (JWT, its rate limit, TLS), by the name
+# an operator gives them: an Agave validator's admin socket has none of them, and one
+# given for it is a mistake to say, not a value to ignore.
+SNARKOS_ONLY = {"node_url": "--node-url", "network": "--network", "api": "--api",
+                "jwt_token_file": "--jwt-token-file", "jwt_secret_file": "--jwt-secret-file",
+                "jwt_token": "$SLIPSTREAM_JWT_TOKEN", "max_rps": "--max-rps",
+                "ca_file": "--ca-file", "insecure_skip_verify": "--insecure-skip-verify"}
 
 
 def default_state_dir() -> Path:
@@ -51,6 +58,10 @@ class Settings:
         if self.node_kind == "agave" and self.ledger is None:
             raise SettingsError("--node-kind agave needs --ledger DIR (the validator's ledger "
                                 "directory, where its admin.rpc socket is)")
+        if self.node_kind != "agave" and self.ledger is not None:
+            raise SettingsError(f"--ledger is the Agave validator's ledger directory; it does "
+                                f"not apply to --node-kind {self.node_kind} (give --node-kind "
+                                "agave, or drop --ledger / $SLIPSTREAM_LEDGER)")
         if self.network not in NETWORKS:
             raise SettingsError(f"--network must be one of {', '.join(NETWORKS)}, "
                                 f"not {self.network!r}")
@@ -72,6 +83,12 @@ class Settings:
     @property
     def rules(self) -> NodeRules:
         return KINDS[self.node_kind]
+
+    @property
+    def shown_network(self) -> str | None:
+        """The network, as output shows it: an Agave validator's admin socket has none
+        (its cluster is not ours to name), so None, and JSON keeps the key."""
+        return self.network if self.socket_path is None else None
 
     @property
     def socket_path(self) -> Path | None:
@@ -126,6 +143,24 @@ class Settings:
         if self.socket_path is not None:
             return str(self.socket_path)
         return mask_url(self.node_url)
+
+
+def refuse_snarkos_only(node_kind: str, given: set[str], where: str = "",
+                        as_keys: bool = False) -> None:
+    """One line naming the snarkOS-only settings given for a node kind that has no REST
+    API. `given` holds Settings field names (and "jwt_token"): only those the operator
+    set, never a default. `as_keys`: name them as a --targets file's keys."""
+    if KINDS[node_kind].authenticated:
+        return
+    names = [f"`{field}`" if as_keys else flag for field, flag in SNARKOS_ONLY.items()
+             if field in given]
+    if names:
+        raise SettingsError(
+            f"{where}{', '.join(names)} {'does' if len(names) == 1 else 'do'} not apply to "
+            f"--node-kind {node_kind}: an Agave validator's admin socket (<ledger>/admin.rpc) "
+            "has no URL, network, JWT, rate limit or TLS; remove "
+            f"{'it' if len(names) == 1 else 'them'} (its file mode is the only lock: run as "
+            "the validator's user)")
 
 
 def mask_url(url: str) -> str:
