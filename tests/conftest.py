@@ -25,6 +25,7 @@ from reconciler.noderules import KINDS as KIND_RULES
 from reconciler.noderules import NodeRules
 from reconciler.refnode import Faults, NodeOptions, RefNode
 from reconciler.refnode.agave import AgaveFaults, AgaveNode, AgaveOptions
+from reconciler.settings import Settings
 
 SCRIPT = Path(sys.executable).with_name("slipstream-reconciler")
 
@@ -158,6 +159,25 @@ class RunningNode:
             env["SLIPSTREAM_JWT_TOKEN_FILE"] = str(inner.token_file)
         return env
 
+    def target(self) -> dict[str, str]:
+        """This node's address in a --targets entry."""
+        inner = self.inner
+        if isinstance(inner, AgaveNode):
+            return {"node_kind": "agave", "ledger": str(inner.options.ledger)}
+        entry = {"node_url": inner.url}
+        if inner.token_file is not None and not inner.options.nojwt:
+            entry["jwt_token_file"] = str(inner.token_file)
+        return entry
+
+    def settings(self, config_dir: Path, state_dir: Path) -> Settings:
+        """Settings for an in-process daemon or pass against this node."""
+        inner = self.inner
+        if isinstance(inner, AgaveNode):
+            return Settings(config_dir, state_dir=state_dir, node_kind="agave",
+                            ledger=inner.options.ledger, max_rps=0)
+        return Settings(config_dir, inner.url, jwt_token_file=inner.token_file,
+                        state_dir=state_dir, max_rps=0)
+
     @property
     def shown(self) -> str:
         """How plan/status name this node: its URL, or its admin socket's path."""
@@ -203,6 +223,14 @@ class RunningNode:
                      r.path.rsplit("/", 1)[-1] if r.method == "DELETE" else r.body,
                      r.status == 200)
                 for r in list(inner.requests) if r.method in _SNARKOS_CALLS]
+
+    def injected_faults(self) -> int:
+        """Calls that failed by the faults we injected (an error answer or a dropped
+        connection), as opposed to the node's verdict on a plugin."""
+        inner = self.inner
+        if isinstance(inner, AgaveNode):
+            return sum(1 for c in list(inner.requests) if c.outcome in ("injected", "dropped"))
+        return sum(1 for r in list(inner.requests) if r.status in (0, 500))
 
     def changes(self) -> list[Call]:
         """The calls that change plugins (loads, unloads, reloads), in order."""
