@@ -89,10 +89,18 @@ class Chaos(RuleBasedStateMachine):
         if COUNT_FILE:  # make soak adds up the operations it really ran
             with open(COUNT_FILE, "a") as count:
                 count.write(f"{max(0, self.checks - 1)}\n")
-        self.daemon.send_signal(signal.SIGTERM)
         try:
+            # A daemon still starting (Python importing) dies of SIGTERM's default action;
+            # the contract "SIGTERM exits 0" holds from its first pass on. An example of
+            # only quiet steps can reach the teardown before that.
+            wait_for(lambda: (self.state / "daemon.json").exists() or
+                     self.daemon.poll() is not None, timeout=15, message="the first pass")
+            self.daemon.send_signal(signal.SIGTERM)
             assert self.daemon.wait(timeout=10) == 0
         finally:
+            if self.daemon.poll() is None:
+                self.daemon.kill()
+                self.daemon.wait(timeout=10)
             self.node.stop()
             shutil.rmtree(self.root, ignore_errors=True)
 
