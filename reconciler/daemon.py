@@ -8,7 +8,9 @@ Threads, each with one job:
 - the probe (reconciler.probe) lists the node every --probe-interval and hands the list to
   the loop, which compares it with what it expects; it also asks the loop to scan the
   config directory now and then;
-- watchdog's observer turns file activity into file events;
+- watchdog's observer turns file activity into file events, and, for a node behind a
+  Unix socket (an Agave validator), the socket being replaced into a "node restarted"
+  pass at once (reconciler.socketwatch);
 - the main thread waits for signals (blocked in every thread, taken with sigtimedwait:
   no handler ever runs) and keeps systemd informed: WATCHDOG=1 while the loop is healthy,
   EXTEND_TIMEOUT_USEC= while the first pass runs (READY=1 comes after it).
@@ -43,6 +45,7 @@ from reconciler.errors import (
     ApiAbsent,
     ConfigDirError,
     NodeError,
+    NoPluginManager,
     ReconcilerError,
     RuntimeLoadUnsupported,
     SettingsError,
@@ -54,6 +57,7 @@ from reconciler.plan import PluginStatus, Policy, count_states, plan, statuses
 from reconciler.probe import Listed, Probe, Report, ScanDue, Unanswered
 from reconciler.retry import Backoff, Stalls
 from reconciler.settings import Settings
+from reconciler.socketwatch import SocketWatch
 from reconciler.trigger import Trigger, Wake
 from reconciler.watch import DirectoryWatch, Fingerprint, scan
 
@@ -66,6 +70,11 @@ SCAN_EVERY = 5  # with inotify, the fallback scan runs every 5th probe
 SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 LOCK_NAME = "daemon.lock"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+RESTARTED = "node restarted"  # the wake reason when the node's socket was replaced
+# What the node cannot do at all until it is upgraded, reconfigured or restarted: a
+# state, asked again every --max-backoff (or at once when the node restarts), not a
+# failure to back off from.
+UNSUPPORTED = (ApiAbsent, RuntimeLoadUnsupported, NoPluginManager)
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,11 @@ class Daemon:
         self.state_path = settings.state / "daemon.json"
         self.directory = os.path.abspath(settings.config_dir)
         self.watch = DirectoryWatch(self.directory, self.trigger.file_event, options.watch)
+        # A node reached through a socket file shows a restart as that file replaced.
+        socket_path = settings.socket_path
+        self.socket_watch = (SocketWatch(socket_path, lambda: self.trigger.request(RESTARTED),
+                                         options.watch)
+                             if socket_path is not None else None)
         self.started_at = time.time()
         # Signals between threads (each set by one thread, read by others):
         self.stopping = threading.Event()  # main thread: SIGTERM/SIGINT came
@@ -132,6 +146,7 @@ class Daemon:
         self.summary = "starting"
         self.logged_summary = ""
         self.logged_kind = ""
+        self.logged_failure = ""
         self.rows: tuple[PluginStatus, ...] = ()
         self.last_success: float | None = None
         self.record_error: str | None = None  # the last failure to write daemon.json
@@ -155,6 +170,8 @@ class Daemon:
             server = self._serve_metrics()
             self._hook_clients()
             self.watch.start()
+            if self.socket_watch is not None:
+                self.socket_watch.start()
             probe = Probe(self.probe_client, self.options.probe_interval,
                           1 if not self.options.watch else SCAN_EVERY,
                           paused=lambda: self.in_pass.is_set() or self.unsupported.is_set(),
@@ -164,7 +181,7 @@ class Daemon:
             loop.start()
             prober.start()
             log.info("reconciling %s onto %s (%s)", self.directory, self.settings.shown_node,
-                     self.settings.network)
+                     self.settings.shown_network or self.settings.rules.product)
             self._serve_signals()
             self.notifier.stopping()
             log.info("stopping")
@@ -175,6 +192,8 @@ class Daemon:
                 log.warning("a node call is still in flight; its intent is in the ledger "
                             "journal")
             self.watch.stop()
+            if self.socket_watch is not None:
+                self.socket_watch.stop()
             prober.join(STOP_GRACE)
             if not prober.is_alive():
                 self.probe_client.close()
@@ -257,6 +276,8 @@ class Daemon:
             if self.stopping.is_set():
                 break
             self.watch.check()
+            if self.socket_watch is not None:
+                self.socket_watch.check()
             for report in self.trigger.take_reports():
                 self._judge(report)
             if wake is not None:
@@ -275,6 +296,10 @@ class Daemon:
         self.passes += 1
         self.scanned = scan(self.directory)
         self.scan_fired = False
+        if RESTARTED in wake.reasons:
+            # A new node process: what failed against the old one says nothing about
+            # this one, and it may need a moment to listen after binding its socket.
+            self.backoff.reset()
         policy = replace(self.base_policy, hold=self.stalls.holds())
         self.reconciler.policy = policy
         result: PassResult | None = None
@@ -283,7 +308,7 @@ class Daemon:
         try:
             result = self.reconciler.run_pass(on_outcome=self._on_outcome,
                                               should_stop=self.stopping.is_set)
-        except (ApiAbsent, RuntimeLoadUnsupported) as exc:
+        except UNSUPPORTED as exc:
             error, outcome = str(exc), "unsupported"
         except NodeError as exc:
             error, outcome = str(exc), "error"
@@ -302,7 +327,11 @@ class Daemon:
             delay = self.backoff.next()
             self.trigger.retry_in(delay)
             self.summary = f"{error}; retrying in {delay:.0f} s"
-            log.warning("pass failed: %s (retrying in %.1f s)", error, delay)
+            if error != self.logged_failure:  # one line per distinct failure, not per retry
+                log.warning("pass failed: %s (retrying in %.1f s)", error, delay)
+                self.logged_failure = error or ""
+            else:
+                log.debug("pass failed again: %s (retrying in %.1f s)", error, delay)
         else:
             self.summary = f"blocked: {error}"
             log.error("pass refused: %s", error)
@@ -317,8 +346,9 @@ class Daemon:
             self.notifier.status(self.summary)
 
     def _unsupported(self, error: str) -> None:
-        """A node that cannot do this at all (no Slipstream API, or plugins chosen at
-        start-up): not a failure to back off from, a state. Nothing is unloaded because of
+        """A node that cannot do this at all (no Slipstream API, plugins chosen at
+        start-up, no plugin manager / Geyser plugin service): not a failure to back off
+        from, a state. Nothing is unloaded because of
         it; the node is asked again every --max-backoff, since an upgrade or downgrade
         changes it. Meanwhile the probe rests."""
         self.expected_live = None
@@ -333,6 +363,7 @@ class Daemon:
 
     def _after(self, result: PassResult, policy: Policy, wake: Wake) -> str:
         self.unsupported.clear()
+        self.logged_failure = ""
         self._node_up()
         self.stalls.record(result.outcomes)
         holds = self.stalls.holds()  # fixed from here on in this pass
@@ -405,7 +436,7 @@ class Daemon:
         elif report.started_at < self.calls_ended:
             return
         elif isinstance(report, Unanswered):
-            if isinstance(report.error, ApiAbsent):
+            if isinstance(report.error, UNSUPPORTED):
                 self.trigger.request("probe")  # the pass records the state, then waits
             else:
                 self._node_down(report.error)

@@ -427,3 +427,80 @@ class FakeValidator:
                         with contextlib.suppress(OSError):
                             conn.sendall(chunk)
                         time.sleep(0.01)
+
+
+# -- settings, through the CLI as an operator runs it ---------------------------------------
+def test_plan_and_status_against_a_validator_name_its_socket_and_no_network(
+        make_agave, cli, ws) -> None:
+    node = make_agave()
+    ws.config("alpha.json5", name="alpha")
+    ledger = str(node.socket_path.parent)
+    planned = cli("plan", "--node-kind", "agave", "--ledger", ledger, "-o", "json")
+    assert planned.code == 0, planned.err
+    assert planned.json["node"] == str(node.socket_path)
+    assert planned.json["network"] is None and planned.json["node_kind"] == "agave"
+    applied = cli("apply", env={"SLIPSTREAM_NODE_KIND": "agave", "SLIPSTREAM_LEDGER": ledger})
+    assert applied.code == 0, applied.err
+    assert node.manager is not None and node.manager.names() == ["alpha"]
+    status = cli("status", "--node-kind", "agave", "--ledger", ledger)
+    assert status.code == 0, status.err
+    assert f"node {node.socket_path} · Agave validator" in status.out
+    assert "network" not in status.out
+
+
+@pytest.mark.parametrize(("args", "env", "named"), [
+    (["--node-url", "http://127.0.0.1:3030"], {}, "--node-url does"),
+    (["--jwt-secret-file", "/etc/hostname", "--insecure-skip-verify"], {},
+     "--jwt-secret-file, --insecure-skip-verify do"),
+    ([], {"SLIPSTREAM_JWT_TOKEN": "secret-token", "SLIPSTREAM_MAX_RPS": "5"},
+     "$SLIPSTREAM_JWT_TOKEN, --max-rps do"),
+    ([], {"SLIPSTREAM_NETWORK": "testnet", "SLIPSTREAM_API": "v2"}, "--network, --api do"),
+])
+def test_snarkos_settings_given_for_a_validator_are_refused_in_one_line(
+        cli, short, args, env, named) -> None:
+    for command in ("validate", "plan", "apply", "status"):
+        done = cli(command, "--node-kind", "agave", "--ledger", str(short), *args, env=env)
+        assert done.code == 1, (command, done.err)
+        lines = done.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {named} not apply to "
+                                                       "--node-kind agave"), lines
+        assert "secret-token" not in done.err
+
+
+def test_a_ledger_without_agave_and_agave_without_a_ledger_are_refused(cli, short) -> None:
+    done = cli("plan", "--ledger", str(short))
+    assert done.code == 1 and "does not apply to --node-kind snarkos" in done.err
+    done = cli("plan", "--node-kind", "agave")
+    assert done.code == 1 and "--node-kind agave needs --ledger DIR" in done.err
+
+
+def test_targets_may_hold_validators_and_refuse_their_snarkos_keys(make_agave, cli, ws,
+                                                                   short) -> None:
+    node = make_agave()
+    ws.config("alpha.json5", name="alpha")
+    targets = short / "fleet.json5"
+    targets.write_text(json_targets([{"name": "v1", "node_kind": "agave",
+                                      "ledger": str(node.socket_path.parent),
+                                      "config_dir": str(ws.conf)}]))
+    done = cli("plan", "--targets", str(targets), "-o", "json")
+    assert done.code == 0, done.err
+    report = done.json["targets"][0]
+    assert report["node"] == str(node.socket_path)
+    assert report["report"]["network"] is None
+    targets.write_text(json_targets([{"name": "v1", "node_kind": "agave", "ledger": "/x",
+                                      "node_url": "http://127.0.0.1:1",
+                                      "config_dir": str(ws.conf)}]))
+    done = cli("plan", "--targets", str(targets))
+    assert done.code == 1
+    assert f"--targets {targets}, target 1 (v1): `node_url` does not apply to --node-kind " \
+           "agave" in done.err
+    targets.write_text(json_targets([{"name": "v1", "node_kind": "agave",
+                                      "config_dir": str(ws.conf)}]))
+    done = cli("plan", "--targets", str(targets))
+    assert done.code == 1 and "(v1): `ledger` is required" in done.err
+
+
+def json_targets(items: list[dict[str, str]]) -> str:
+    import json
+
+    return json.dumps(items)
