@@ -220,6 +220,8 @@ class _Run:
             why = fresh.message if isinstance(fresh, Problem) else "it changed"
             return Outcome(change, False, f"not replaced: {why} since the plan was made; "
                            "the plugin keeps running and the next pass looks again", change.name)
+        if self.client.rules.native_reload:
+            return self._reload(change, fresh)
         unloaded = self._unload(change, change.entry.name)
         if not unloaded.ok:
             return Outcome(change, False, f"not replaced: {unloaded.message}", change.name)
@@ -228,6 +230,69 @@ class _Run:
             return self._roll_back(change, fresh, loaded.message, unloaded.unloaded)
         return Outcome(change, True, f"replaced ({change.reason})", loaded.name,
                        unloaded=unloaded.unloaded, loaded=loaded.loaded)
+
+    def _reload(self, change: Replace, fresh: DesiredPlugin) -> Outcome:
+        """A replace in one call (Agave's reloadPlugin), with unload + load's guarantees.
+
+        The node unloads first, so a reload that fails leaves nothing under that name: the
+        previous config is loaded again from its kept copy (`_roll_back`), as after a
+        failed load. The answer is null, so the new name is learnt: the file's `name`, or
+        the last in the node's list (a reload appends the new plugin, and the node's one
+        worker runs our calls in turn) — a library upgrade that renames the plugin
+        (Yellowstone's `yellowstone-grpc-geyser-<version>`) is one replace, recorded
+        under the new name.
+
+        Journal: the old plugin's unload and the new config's load are announced before
+        the call; the load without a name, since the name may be the old one, and an
+        entry made from a named load intent would claim that the new config runs when a
+        crash may have left the old one running. After a crash the entry still names the
+        old config, so the next pass sees the node as it is: the old plugin (a replace
+        again), the new one under the same name (a redundant reload of the same files),
+        the new one under a new name (its load is refused as already loaded and adopted),
+        or nothing (a load). Nothing is ever loaded twice."""
+        old = change.entry
+        unload_seq = self.store.record_intent("unload", old.name, old.config_file)
+        load_seq = self.store.record_intent("load", None, fresh.config_file,
+                                            fresh.config_sha256, fresh.library_sha256,
+                                            fresh.libpath)
+        try:
+            self.client.reload(old.name, self.node_path(fresh.config_file))
+        except NotLoaded:
+            self.store.settle(load_seq)
+            if old.name in self.client.list():
+                return Outcome(change, False, f"not replaced: the node says {old.name!r} is "
+                               "not loaded, yet lists it", change.name)
+            # Gone before we asked (unloaded by hand): the new config is a load, and a
+            # load that fails rolls back, as after an unload that found nothing.
+            self.store.record_remove(old.name, unload_seq)
+            loaded = self._load(change, fresh)
+            if not loaded.ok:
+                return self._roll_back(change, fresh, loaded.message, None)
+            return Outcome(change, True, f"replaced ({change.reason}; the old plugin was "
+                           "already gone)", loaded.name, loaded=loaded.loaded)
+        except (Rejected, AlreadyLoaded) as exc:
+            self.store.settle(load_seq)
+            if old.name in self.client.list():  # refused before it unloaded anything
+                return Outcome(change, False, f"not replaced: {exc}; the plugin keeps "
+                               "running", change.name)
+            self.store.record_remove(old.name, unload_seq)
+            return self._roll_back(change, fresh, f"reload failed: {exc}", old.name)
+        name = fresh.name if fresh.name is not None else self._reloaded_name()
+        if name is None:
+            self.store.settle(load_seq)
+            return Outcome(change, False, "reloaded, but the node lists no plugin: the next "
+                           "pass looks again", change.name, unloaded=old.name)
+        if name != old.name:
+            self.store.record_remove(old.name, unload_seq)
+        self.store.record_put(_entry(fresh, name), load_seq)
+        self._keep_copy(fresh)
+        renamed = f"; now named {name}" if name != old.name else ""
+        return Outcome(change, True, f"replaced ({change.reason}){renamed}", name,
+                       unloaded=old.name, loaded=name)
+
+    def _reloaded_name(self) -> str | None:
+        live = self.client.list()
+        return live[-1] if live else None
 
     def _roll_back(self, change: Replace, fresh: DesiredPlugin, reason: str,
                    unloaded: str | None) -> Outcome:
@@ -291,8 +356,7 @@ class _Run:
             return Outcome(change, False, f"load failed: {exc}", plugin.name)
         except NodeError:
             raise  # the node as a whole: the intent stays, the next pass resolves it
-        self.store.record_put(_entry(plugin, name), seq)
-        self._keep_copy(plugin)
+        self._record_loaded(change, plugin, name, seq)
         return Outcome(change, True, f"loaded as {name}", name, loaded=name)
 
     def _already_loaded(self, change: Load | Replace, plugin: DesiredPlugin, seq: int,
@@ -313,14 +377,28 @@ class _Run:
             # same rule as adopting a live plugin under a declared name.
             how = ("an interrupted load" if plugin.config_file in self.interrupted
                    else "its library was already loaded")
-            self.store.record_put(_entry(plugin, exc.name), seq)
-            self._keep_copy(plugin)
+            self._record_loaded(change, plugin, exc.name, seq)
             return Outcome(change, True, f"adopted {exc.name} ({how}): now managed", exc.name,
                            loaded=exc.name)
         self._abandon(plugin, seq)
         other = f"plugin {exc.name!r}" if exc.name else "another plugin"
         return Outcome(change, False, f"load refused: {other} already holds this name or "
                        f"library ({exc})", plugin.name)
+
+    def _record_loaded(self, change: Load | Replace, plugin: DesiredPlugin, name: str,
+                       seq: int) -> None:
+        """Records a file's plugin as loaded under `name`. An unnamed file loaded again
+        (its plugin was missing from the node) may come back under another name — a
+        library upgraded in place of a renaming plugin, or a reload a crash interrupted —
+        and then its entry under the old name, which the plan saw missing, is this same
+        plugin's: dropped now, not left for the next pass to forget."""
+        self.store.record_put(_entry(plugin, name), seq)
+        self._keep_copy(plugin)
+        if isinstance(change, Load) and plugin.name is None:
+            stale = self.ledger.by_config().get(plugin.config_file)
+            if (stale is not None and stale.name != name
+                    and stale.name in self.store.current().entries):
+                self.store.record_remove(stale.name)
 
     def _abandon(self, plugin: DesiredPlugin, seq: int) -> None:
         if plugin.name is None:

@@ -45,8 +45,11 @@ def shown_path(path: str | None, directory: str | None) -> str:
 
 
 def change_line(change: Change | Held, directory: str | None) -> str:
+    reason = change.reason
+    if isinstance(change, Held) and change.state and not reason.startswith(change.state):
+        reason = f"{change.state}: {reason}"  # the word status shows, then why
     return (f"  {SYMBOL[change.action]:>3} {change.action.value:<8} {change.label:<28} "
-            f"{shown_path(change.config_file, directory)}  ({change.reason})")
+            f"{shown_path(change.config_file, directory)}  ({reason})")
 
 
 def plan_text(p: Plan, directory: str | None, node: str, network: str | None,
@@ -104,6 +107,12 @@ def change_json(change: Change | Held) -> Json:
             "config_file": change.config_file, "reason": change.reason}
 
 
+def held_json(held: Held) -> Json:
+    """A held change, with the state it leaves its plugin in (status's word: stalled,
+    failed-replace, rebuilt-in-place), or null for one policy merely keeps pending."""
+    return {**change_json(held), "state": held.state}
+
+
 def plan_json(p: Plan, node: str, network: str | None, node_kind: str | None = None,
               cannot_apply: str | None = None) -> Json:
     return {
@@ -113,7 +122,7 @@ def plan_json(p: Plan, node: str, network: str | None, node_kind: str | None = N
         "node_kind": node_kind,
         "cannot_apply": cannot_apply,
         "actions": [change_json(c) for c in p.changes],
-        "held": [change_json(c) for c in p.held],
+        "held": [held_json(c) for c in p.held],
         "unmanaged": list(p.unmanaged),
         "invalid": [problem_json(problem) for problem in p.invalid],
         "warnings": [problem_json(w) for w in p.warnings],

@@ -318,3 +318,39 @@ def test_applying_a_plan_converges_in_one_pass(world):
     # nothing foreign was touched unless the policy says so
     if policy.prune is not Prune.ALL:
         assert set(live) & set(FOREIGN) <= state
+
+
+def test_plan_text_and_json_show_a_rebuilt_library_held_with_the_advice():
+    from reconciler import render
+
+    ledger = Ledger.of([entry("a")])
+    p = plan(desired(plugin("a", library="l1")), ["a"], ledger, rules=AGAVE)
+    text = render.plan_text(p, "/conf", "/ledger/admin.rpc", "mainnet")
+    (line,) = [t for t in text.splitlines() if "rebuilt-in-place" in t]
+    assert line.split()[:3] == ["-/+", "replace", "a"] and "a.json5" in line
+    assert "(rebuilt-in-place: the library /lib/liba.so was rebuilt in place" in line
+    assert "Install each version under its own path" in line
+    assert text.endswith("No changes. The node matches the config directory.")
+    (held,) = render.plan_json(p, "/ledger/admin.rpc", "mainnet")["held"]
+    assert held["state"] == "rebuilt-in-place" and held["action"] == "replace"
+    assert "Agave validator keeps the copy it already loaded" in held["reason"]
+
+
+def test_a_held_change_without_a_state_says_only_why():
+    from reconciler import render
+
+    p = plan(desired(), ["a"], Ledger.of([entry("a")]), Policy(prune=Prune.NONE,
+                                                               allow_empty=True))
+    (held,) = render.plan_json(p, "n", "mainnet")["held"]
+    assert held["state"] is None
+    assert "(a.json5 no longer declares it)" in render.plan_text(p, "/conf", "n", "mainnet")
+
+
+def test_on_agave_an_unnamed_plugin_renamed_by_its_library_is_one_replace():
+    """Yellowstone's name changes with each release and its config has no `name`: the
+    new version at its own path is one replace of the file's plugin."""
+    ledger = Ledger.of([Entry("yellowstone-grpc-geyser-1", "/conf/ys.json", "c0", "l0",
+                              "/lib/libys-1.so", 0)])
+    upgraded = DesiredPlugin("/conf/ys.json", None, "/lib/libys-2.so", "c1", "l1")
+    p = plan(desired(upgraded), ["yellowstone-grpc-geyser-1"], ledger, rules=AGAVE)
+    assert actions(p) == [("replace", "yellowstone-grpc-geyser-1")] and p.held == ()
