@@ -154,10 +154,15 @@ def test_the_daemons_own_unload_is_never_reported_missing(ws, node, caplog, monk
     assert sum("unload" in r.getMessage() for r in caplog.records) >= 3
 
 
+# What wakes the pass that repairs a restart: snarkOS's restart shows only in the probe's
+# list; an Agave validator's as its admin socket replaced, which the daemon watches.
+RESTART_WAKES = {"snarkos": "probe", "agave": "node restarted"}
+
+
 def test_a_node_restart_is_still_noticed_by_the_probe(ws, node, caplog, kind):
     """The probe's list goes to the loop, which still tells a restart from its own work:
     seen as plugins missing, or (when a probe caught the node down) as the node coming
-    back, either way a pass the probe asked for."""
+    back, either way a pass the probe asked for. On Agave the socket watch asks first."""
     caplog.set_level(logging.INFO, logger="slipstream-reconciler")
     ws.config("a.json5", name="a")
 
@@ -166,13 +171,14 @@ def test_a_node_restart_is_still_noticed_by_the_probe(ws, node, caplog, kind):
         time.sleep(0.1)
         node.restart()
         wait_for(lambda: "a" in names(node), message="a put back")
-        wait_for(lambda: "probe" in (read_record(ws.state) or {}).get("last_pass", {}).get(
-            "reasons", []), message="the probe's pass recorded")
+        wait_for(lambda: RESTART_WAKES[kind] in (read_record(ws.state) or {}).get(
+            "last_pass", {}).get("reasons", []), message="the restart's pass recorded")
 
     in_process(ws, node, scenario)
     said = [r.getMessage() for r in caplog.records]
-    assert any("missing from the node (a restart or a hand unload): a" in m
-               or "is answering again" in m for m in said), said
+    if kind == "snarkos":
+        assert any("missing from the node (a restart or a hand unload): a" in m
+                   or "is answering again" in m for m in said), said
     assert sum(m.startswith("load a ") for m in said) == 2
 
 
