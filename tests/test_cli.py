@@ -173,6 +173,22 @@ def test_an_unnamed_config_whose_library_is_loaded_at_startup_is_adopted(cli, ws
     assert cli("plan", "--detailed-exitcode", node=node).code == 0
 
 
+def test_one_library_under_two_names_follows_the_nodes_duplicate_rule(cli, ws, node, kind):
+    """snarkOS refuses a second plugin on a library already loaded, so both files are
+    invalid and nothing is loaded; Agave checks names only and runs both."""
+    ws.config("a.json5", name="a", lib="shared")
+    ws.config("b.json5", name="b", lib="shared")
+    result = cli("apply", node=node)
+    if node.rules.one_plugin_per_library:
+        assert result.code == 3, result.out + result.err
+        assert "a.json5" in result.out and "b.json5" in result.out
+        assert node.changes() == [] and {"a", "b"}.isdisjoint(node.names())
+    else:
+        assert result.code == 0, result.out + result.err
+        assert {"a", "b"} <= set(node.names())
+        assert cli("plan", "--detailed-exitcode", node=node).code == 0
+
+
 def test_a_failing_load_is_named_and_does_not_stop_the_others(cli, ws, node, kind):
     ws.library("bad", b"slipstream:on-load-fails")
     ws.config("bad.json5", name="bad", lib="bad")
