@@ -142,6 +142,7 @@ class RunningNode:
         self.kind = kind
         self.rules: NodeRules = KIND_RULES[kind]
         self.inner = inner
+        self.scratch: Path | None = None  # a short ledger directory outside the test's
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["inner"], name)
@@ -278,20 +279,21 @@ def start_node(ws: Workspace, kind: str = "snarkos", startup: list[str] | None =
         (boot / "libstartup.so").write_bytes(b"startup")
         (boot / "startup.json5").write_text('{libpath: "libstartup.so"}')
         startup = [str(boot / "startup.json5")]
-    inner: RefNode | AgaveNode
     if kind == "agave":
-        ledger = options.pop("ledger", None) or _ledger_dir(ws, tag)
-        agave = AgaveOptions(ledger=Path(ledger), geyser_plugin_configs=startup,
+        ledger = Path(options.pop("ledger", None) or _ledger_dir(ws, tag))
+        agave = AgaveOptions(ledger=ledger, geyser_plugin_configs=startup,
                              always_enabled=options.pop("always_enabled", False),
                              faults=_agave_faults(options.pop("faults", None)))
         options.pop("data_dir", None)
         assert not options, f"options a snarkOS node only has: {sorted(options)}"
-        inner = AgaveNode(agave).start()
-    else:
-        options.setdefault("data_dir", ws.node_data)
-        options.setdefault("rest_rps", 0)
-        inner = RefNode(NodeOptions(port=0, slipstream_configs=startup, **options)).start()
-    return RunningNode(kind, inner)
+        node = RunningNode(kind, AgaveNode(agave).start())
+        if not ledger.is_relative_to(ws.root):
+            node.scratch = ledger
+        return node
+    options.setdefault("data_dir", ws.node_data)
+    options.setdefault("rest_rps", 0)
+    return RunningNode(kind, RefNode(NodeOptions(port=0, slipstream_configs=startup,
+                                                 **options)).start())
 
 
 @pytest.fixture
@@ -313,6 +315,8 @@ def make_node(ws: Workspace, request: pytest.FixtureRequest
     yield make
     for node in nodes:
         node.stop()
+        if node.scratch is not None:
+            shutil.rmtree(node.scratch, ignore_errors=True)
 
 
 @pytest.fixture
