@@ -223,7 +223,7 @@ class AgaveClient:
             raise self._timeout(method) from None
         except OSError as exc:
             self._drop()
-            raise self._unreachable(exc) from None
+            raise self._unreachable(exc, method) from None
         try:
             answer = json.loads(line)
         except ValueError:
@@ -281,7 +281,7 @@ class AgaveClient:
             conn.close()
 
     # -- errors, in the operator's words ----------------------------------------------------
-    def _unreachable(self, exc: OSError) -> NodeError:
+    def _unreachable(self, exc: OSError, method: str) -> NodeError:
         if exc.errno in (errno.EACCES, errno.EPERM):
             return Unauthorized(f"may not open {self.socket_path} "
                                 f"({_owner_and_mode(self.socket_path)}): the socket is the "
@@ -290,9 +290,10 @@ class AgaveClient:
         if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR, errno.ENOTSOCK):
             return NodeUnreachable(f"no validator is listening on {self.socket_path} (is it "
                                    f"running with --ledger {self.ledger}?)")
-        reason = exc.strerror or type(exc).__name__
-        return NodeUnreachable(f"cannot reach the validator at {self.socket_path}: "
-                               f"{reason.lower()}")
+        reason = (exc.strerror or type(exc).__name__).lower()
+        hint = LATE_HINT.get(method)  # the call may have reached the validator
+        return NodeUnreachable(f"lost the validator at {self.socket_path} during {method}: "
+                               f"{reason}" + (f"; {hint}" if hint else ""))
 
     def _timeout(self, method: str) -> NodeTimeout:
         message = (f"the validator at {self.socket_path} did not answer {method} within "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -20,6 +20,7 @@ from reconciler.errors import SettingsError
 from reconciler.settings import (
     DEFAULT_CONFIG_DIR,
     DEFAULT_NODE_URL,
+    SNARKOS_ONLY,
     Settings,
     refuse_snarkos_only,
 )
@@ -67,9 +68,9 @@ NoLibraryCheck = Annotated[bool, typer.Option(
 DetailedExit = Annotated[bool, typer.Option(
     "--detailed-exitcode", help="Exit 2 when there are (or were) changes, 0 when none.")]
 
-# The snarkOS-only settings default to None, so that one given for an Agave validator can
-# be told from a default and refused (settings.refuse_snarkos_only); their defaults are
-# filled in by build_settings and shown in --help.
+# A snarkOS-only setting given for an Agave validator is refused (settings.
+# refuse_snarkos_only); whether it was given, on the command line or in the environment,
+# or is its default, is what click records for each parameter (build_settings).
 SETTINGS: list[tuple[str, object, object]] = [
     ("config_dir", ConfigDir, Path(DEFAULT_CONFIG_DIR)),
     ("node_kind", Annotated[NodeKindOpt, typer.Option(
@@ -80,16 +81,16 @@ SETTINGS: list[tuple[str, object, object]] = [
         "--ledger", envvar="SLIPSTREAM_LEDGER", show_default=False,
         help="Agave: the validator's ledger directory (its -l/--ledger), where the "
              "admin.rpc socket is.")], None),
-    ("node_url", Annotated[str | None, typer.Option(
-        "--node-url", envvar="SLIPSTREAM_NODE_URL", show_default=DEFAULT_NODE_URL,
-        help="snarkOS: the node's REST address.")], None),
-    ("network", Annotated[str | None, typer.Option(
-        "--network", envvar="SLIPSTREAM_NETWORK", show_default="mainnet",
-        help="snarkOS: mainnet, testnet or canary.")], None),
-    ("api", Annotated[Api | None, typer.Option(
-        "--api", envvar="SLIPSTREAM_API", show_default="auto",
+    ("node_url", Annotated[str, typer.Option(
+        "--node-url", envvar="SLIPSTREAM_NODE_URL",
+        help="snarkOS: the node's REST address.")], DEFAULT_NODE_URL),
+    ("network", Annotated[str, typer.Option(
+        "--network", envvar="SLIPSTREAM_NETWORK",
+        help="snarkOS: mainnet, testnet or canary.")], "mainnet"),
+    ("api", Annotated[Api, typer.Option(
+        "--api", envvar="SLIPSTREAM_API",
         help="snarkOS: API prefix: v2 (real status codes), v1 (plain prefix, errors as text) "
-             "or auto.")], None),
+             "or auto.")], Api.auto),
     ("jwt_token_file", Annotated[Path | None, typer.Option(
         "--jwt-token-file", envvar="SLIPSTREAM_JWT_TOKEN_FILE",
         help="snarkOS: the node's jwt_secret_<address>.txt (holds a token; re-read after a "
@@ -114,10 +115,10 @@ SETTINGS: list[tuple[str, object, object]] = [
         help="The state directory's path as the node sees it: a failed replace rolls back "
              "from copies kept there, which the node must read. Default: same as "
              "--state-dir.")], None),
-    ("max_rps", Annotated[float | None, typer.Option(
-        "--max-rps", envvar="SLIPSTREAM_MAX_RPS", show_default="10",
+    ("max_rps", Annotated[float, typer.Option(
+        "--max-rps", envvar="SLIPSTREAM_MAX_RPS",
         help="snarkOS: requests per second to stay under (the node's --rest-rps); 0 turns "
-             "pacing off.")], None),
+             "pacing off.")], 10.0),
     ("timeout", Annotated[float, typer.Option(
         "--timeout", envvar="SLIPSTREAM_TIMEOUT",
         help="Seconds to wait for each node answer.")], 10.0),
@@ -148,34 +149,38 @@ POLICY: list[tuple[str, object, object]] = [
 
 
 def build_settings(config_dir: Path, node_kind: NodeKindOpt, ledger: Path | None,
-                   node_url: str | None, network: str | None, api: Api | None,
+                   node_url: str, network: str, api: Api,
                    jwt_token_file: Path | None, jwt_secret_file: Path | None,
                    state_dir: Path | None, node_config_dir: Path | None,
-                   node_state_dir: Path | None, max_rps: float | None,
+                   node_state_dir: Path | None, max_rps: float,
                    timeout: float, ca_file: Path | None, insecure_skip_verify: bool,
                    insecure_allow_writable: bool) -> Settings:
-    import os
-
-    from reconciler.auth import TOKEN_ENV
-
-    given = {name for name, value in (
-        ("node_url", node_url), ("network", network), ("api", api),
-        ("jwt_token_file", jwt_token_file), ("jwt_secret_file", jwt_secret_file),
-        ("max_rps", max_rps), ("ca_file", ca_file)) if value is not None}
-    if insecure_skip_verify:
-        given.add("insecure_skip_verify")
-    if os.environ.get(TOKEN_ENV):
-        given.add("jwt_token")
-    refuse_snarkos_only(node_kind.value, given)
-    return Settings(config_dir=config_dir, node_url=node_url or DEFAULT_NODE_URL,
-                    network=network or "mainnet", api=(api or Api.auto).value,
+    refuse_snarkos_only(node_kind.value, _given(SNARKOS_ONLY))
+    return Settings(config_dir=config_dir, node_url=node_url, network=network, api=api.value,
                     jwt_token_file=jwt_token_file, jwt_secret_file=jwt_secret_file,
                     state_dir=state_dir, node_config_dir=node_config_dir,
-                    node_state_dir=node_state_dir,
-                    max_rps=10.0 if max_rps is None else max_rps,
+                    node_state_dir=node_state_dir, max_rps=max_rps,
                     timeout=timeout, ca_file=ca_file, insecure_skip_verify=insecure_skip_verify,
                     allow_writable=insecure_allow_writable, node_kind=node_kind.value,
                     ledger=ledger)
+
+
+def _given(names: Iterable[str]) -> set[str]:
+    """Which of these settings the operator gave (command line or environment), as click
+    recorded it, as opposed to their defaults; "jwt_token" for $SLIPSTREAM_JWT_TOKEN."""
+    import os
+
+    import click
+
+    from reconciler.auth import TOKEN_ENV
+
+    ctx = click.get_current_context(silent=True)
+    defaults = (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+    given = {name for name in names if ctx is not None
+             and ctx.get_parameter_source(name) not in (None, *defaults)}
+    if os.environ.get(TOKEN_ENV):
+        given.add("jwt_token")
+    return given
 
 
 def build_policy(prune: PruneOpt, allow_empty: bool, max_unloads: int | None) -> Policy:
