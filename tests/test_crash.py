@@ -33,18 +33,17 @@ def command(*args: str) -> list[str]:
 def environment(ws, node) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLIPSTREAM_")}
     env.update({"SLIPSTREAM_CONFIG_DIR": str(ws.conf), "SLIPSTREAM_STATE_DIR": str(ws.state),
-                "SLIPSTREAM_NODE_URL": node.url, "SLIPSTREAM_MAX_RPS": "0",
-                "SLIPSTREAM_JWT_TOKEN_FILE": str(node.token_file),
-                "SLIPSTREAM_METRICS_ADDRESS": "off"})
+                "SLIPSTREAM_METRICS_ADDRESS": "off", **node.env()})
     return env
 
 
 def posts(node) -> int:
-    return sum(1 for r in node.requests if r.method == "POST")
+    """Loads asked for (snarkOS POSTs, Agave loadPlugin calls)."""
+    return node.calls("load")
 
 
 @pytest.mark.parametrize("mode", ["apply", "run"])
-def test_sigkill_at_random_moments_never_loses_track(ws, make_node, mode):
+def test_sigkill_at_random_moments_never_loses_track(ws, make_node, mode, kind):
     rng = random.Random(f"crash-{mode}-{SEED}")
     node = make_node(faults=Faults(latency_ms=2))
     named = [f"p{i}" for i in range(PLUGINS)]
@@ -63,7 +62,7 @@ def test_sigkill_at_random_moments_never_loses_track(ws, make_node, mode):
         wanted = {n for n in named if n not in deleted} | {f"unnamed{i}" for i in range(3)}
 
         def moment(t=target, wanted=wanted, proc=proc) -> bool:
-            done = wanted <= set(node.manager.names())  # a daemon with nothing left to do
+            done = wanted <= set(node.names())  # a daemon with nothing left to do
             return posts(node) >= t or proc.poll() is not None or done
 
         try:
@@ -72,7 +71,7 @@ def test_sigkill_at_random_moments_never_loses_track(ws, make_node, mode):
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
         LedgerStore(ws.state).load()  # never corrupt, whatever the moment
-        live = set(node.manager.names())
+        live = set(node.names())
         if rng.random() < 0.3:
             node.restart()
         # delete a plugin that was loaded just before the kill, and one other
@@ -86,7 +85,7 @@ def test_sigkill_at_random_moments_never_loses_track(ws, make_node, mode):
     again = subprocess.run(command("plan", "--detailed-exitcode"), env=env,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stdout
-    live = set(node.manager.names())
+    live = set(node.names())
     expected = {n for n in named if n not in deleted} | {f"unnamed{i}" for i in range(3)}
     assert live == expected | {"startup"}
     assert not live & deleted

@@ -132,12 +132,12 @@ def test_a_short_journal_append_is_cut_back_to_its_last_whole_line(small_disk):
 # -- the daemon -------------------------------------------------------------------------
 @pytest.mark.parametrize("room", [0, 3], ids=["to-the-brim", "room-for-a-short-write"])
 def test_a_full_disk_fails_the_pass_keeps_the_ledger_and_recovers(ws, small_disk, node,
-                                                                  daemon, room):
+                                                                  daemon, room, kind):
     ws.state = small_disk / "state"
     for i in range(30):  # a ledger of several pages: a rewrite cannot fit in two
         ws.config(f"p{i:02}.json5", name=f"p{i:02}")
     d = daemon(node)
-    wait_for(lambda: {f"p{i:02}" for i in range(30)} <= set(node.manager.names()),
+    wait_for(lambda: {f"p{i:02}" for i in range(30)} <= set(node.names()),
              timeout=30, message="the first pass")
     wait_for(lambda: (d.record() or {}).get("summary", "").startswith("in sync"),
              message="the daemon in sync")
@@ -155,7 +155,7 @@ def test_a_full_disk_fails_the_pass_keeps_the_ledger_and_recovers(ws, small_disk
     assert leftovers(ws.state) == []
 
     filler.unlink()
-    wait_for(lambda: "late" in node.manager.names(), timeout=20, message="late loaded")
+    wait_for(lambda: "late" in node.names(), timeout=20, message="late loaded")
     wait_for(lambda: "late" in LedgerStore(ws.state).load().entries, message="late managed")
     assert d.stop() == 0
 

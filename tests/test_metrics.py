@@ -93,7 +93,7 @@ def _promtool(text: str) -> None:
 
 
 @needs_promtool
-def test_a_real_scrape_over_ipv6_passes_promtool(ws, node, daemon) -> None:
+def test_a_real_scrape_over_ipv6_passes_promtool(ws, node, daemon, kind) -> None:
     ws.config("a.json5", name="a")
     d = daemon(node, env={"SLIPSTREAM_METRICS_ADDRESS": "[::1]:0"})
     base = d.metrics_url()
@@ -102,9 +102,10 @@ def test_a_real_scrape_over_ipv6_passes_promtool(ws, node, daemon) -> None:
     text = _scrape(base, r'^slipstream_reconciler_plugins\{state="in-sync"\} 1\.0')
     assert 'slipstream_reconciler_build_info{python_version="' in text
     assert f'version="{__version__}"}} 1.0' in text
+    load = "POST" if kind == "snarkos" else "loadPlugin"  # the node's own word for a load
     for series in ("process_cpu_seconds_total", "process_resident_memory_bytes",
                    "process_open_fds", "python_info",
-                   'slipstream_reconciler_http_requests_total{method="POST",status="200"}'):
+                   f'slipstream_reconciler_http_requests_total{{method="{load}",status="200"}}'):
         assert series in text, series
     _promtool(text)
 

@@ -28,23 +28,23 @@ def one_line_error(result, *fragments: str) -> None:
 
 
 # -- trust boundaries --------------------------------------------------------------------
-def test_a_world_writable_config_file_is_refused(cli, ws, node):
+def test_a_world_writable_config_file_is_refused(cli, ws, node, kind):
     ws.config("a.json5", name="a")
     os.chmod(ws.conf / "a.json5", 0o666)
     one_line_error(cli("plan", node=node), "a.json5 is world-writable")
     one_line_error(cli("apply", node=node), "world-writable", "--insecure-allow-writable")
-    assert "a" not in node.manager.names()
+    assert "a" not in node.names()
     assert cli("apply", "--insecure-allow-writable", node=node).code == 0
 
 
-def test_a_world_writable_directory_is_refused_and_unloads_nothing(cli, ws, node):
+def test_a_world_writable_directory_is_refused_and_unloads_nothing(cli, ws, node, kind):
     ws.config("a.json5", name="a")
     cli("apply", node=node)
     os.chmod(ws.conf, 0o777)
     os.remove(ws.conf / "a.json5")
     one_line_error(cli("apply", "--allow-empty", node=node), "config directory",
                    "world-writable")
-    assert "a" in node.manager.names()
+    assert "a" in node.names()
 
 
 @pytest.mark.skipif(not ROOT, reason="chown needs root")
@@ -61,7 +61,7 @@ def test_group_writable_is_a_warning(cli, ws):
     assert result.code == 0 and "group-writable" in result.out
 
 
-def test_a_symlink_leading_outside_the_directory_is_refused(cli, ws, node):
+def test_a_symlink_leading_outside_the_directory_is_refused(cli, ws, node, kind):
     outside = ws.root / "elsewhere.json5"
     ws.library("a")
     outside.write_text('{libpath: "' + str(ws.libs / "liba.so") + '", name: "a"}')
@@ -167,13 +167,13 @@ def test_no_secret_in_any_output_of_a_whole_session(cli, ws, node):
     assert LedgerStore(ws.state).load().entries
 
 
-def test_escape_sequences_from_the_node_never_reach_the_terminal(cli, ws, node):
+def test_escape_sequences_from_the_node_never_reach_the_terminal(cli, ws, node, kind):
     """A hostile node names a plugin with an escape sequence (it is unmanaged here)."""
     ws.library("evil")
     evil = ws.root / "evil.json5"
     evil.write_text('{libpath: "libs/libevil.so", name: "x\\u001b]0;pwned\\u0007y"}')
-    node.manager.load(str(evil))
-    assert any("\x1b" in n for n in node.manager.names())
+    node.load_by_hand(evil)
+    assert any("\x1b" in n for n in node.names())
     for env in ({}, {"SLIPSTREAM_COLOR": "always"}):
         result = cli("status", node=node, env=env)
         assert "\x1b]0;" not in result.out and "x?]0;pwned?y" in result.out
