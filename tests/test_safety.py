@@ -218,3 +218,34 @@ def test_a_file_moved_while_the_node_reads_it_is_not_held_as_a_failed_replace(
     assert "replaced" in second.out
     entry = LedgerStore(ws.state).load().entries["pg"]
     assert entry.failed_replace is None
+
+
+def test_a_broken_edit_met_by_a_node_restart_keeps_the_previous_config_running(
+        ws, node, cli, kind):
+    """The file was edited to a config that fails to load, and the node lost its run-time
+    plugins before the next pass (a restart, or a crash between a replace's unload and
+    its load). The next pass loads the new config, which fails: the previous config, kept
+    when it was applied, is loaded again instead of leaving nothing, and the plugin is
+    held as failed-replace until the file or library changes."""
+    ws.config("pg.json5", name="pg")
+    assert cli("apply", node=node).code == 0
+    ws.library("pgbroken", b"slipstream:on-load-fails")
+    ws.config("pg.json5", name="pg", lib="pgbroken")
+    node.restart()
+    assert "pg" not in node.names()
+    result = cli("apply", node=node)
+    assert result.code == 3  # did not converge
+    assert "load failed" in result.out and "rolled back: the previous config runs again" \
+        in result.out, result.out
+    assert "pg" in node.names()
+    assert node.loaded_from()[-1].startswith(str(ws.state / "configs")), node.loaded_from()
+    entry = LedgerStore(ws.state).load().entries["pg"]
+    assert entry.failed_replace is not None and "on_load" in entry.failed_replace.reason
+    status = cli("status", "-o", "json", node=node).json
+    assert [(p["name"], p["state"]) for p in status["plugins"] if p["name"] == "pg"] == [
+        ("pg", "failed-replace")]
+    # Held: the next pass does not try the broken config again.
+    loads = node.calls("load") + node.calls("reload")
+    again = cli("apply", node=node)
+    assert again.code == 3 and "(failed-replace" in again.out  # held: not converged
+    assert node.calls("load") + node.calls("reload") == loads
