@@ -297,6 +297,34 @@ def start_node(ws: Workspace, kind: str = "snarkos", startup: list[str] | None =
 
 
 @pytest.fixture
+def short() -> Iterator[Path]:
+    """A short folder: a Unix socket's path must fit in 108 bytes, and pytest's are long."""
+    path = Path(tempfile.mkdtemp(prefix="ag", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def make_agave(short: Path) -> Iterator[Callable[..., AgaveNode]]:
+    """Agave reference validators on `short/ledger`, for the protocol's own tests; the
+    operator stories use `make_node(kind="agave")`."""
+    nodes: list[AgaveNode] = []
+
+    def make(startup: list[Path] | None = None, always: bool = True,
+             **faults: float | bool) -> AgaveNode:
+        node = AgaveNode(AgaveOptions(
+            ledger=short / "ledger", geyser_plugin_configs=[str(p) for p in startup or []],
+            always_enabled=always, faults=AgaveFaults(**faults))).start()  # type: ignore[arg-type]
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.options.faults.hang = False  # a hung worker would hold stop() up
+        node.stop()
+
+
+@pytest.fixture
 def make_node(ws: Workspace, request: pytest.FixtureRequest
               ) -> Iterator[Callable[..., RunningNode]]:
     """make_node(kind=…, startup=[…], **options): a running node, stopped at the end. The

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,35 +29,8 @@ from reconciler.errors import (
 )
 from reconciler.nodeclient import NodeClient
 from reconciler.noderules import AGAVE
-from reconciler.refnode import AgaveFaults, AgaveNode, AgaveOptions
 
 from .conftest import wait_for
-
-
-@pytest.fixture
-def short() -> Iterator[Path]:
-    """A short folder (a Unix socket path must fit in 108 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="agc", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def make_agave(short: Path) -> Iterator[Callable[..., AgaveNode]]:
-    nodes: list[AgaveNode] = []
-
-    def make(startup: list[Path] | None = None, always: bool = True,
-             **faults: float | bool) -> AgaveNode:
-        node = AgaveNode(AgaveOptions(
-            ledger=short / "ledger", geyser_plugin_configs=[str(p) for p in startup or []],
-            always_enabled=always, faults=AgaveFaults(**faults))).start()  # type: ignore[arg-type]
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in nodes:
-        node.options.faults.hang = False
-        node.stop()
 
 
 @pytest.fixture

@@ -13,26 +13,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from reconciler.refnode import AgaveFaults, AgaveNode, AgaveOptions, StartupError
+from reconciler.refnode import AgaveNode, AgaveOptions, StartupError
 
 from .conftest import wait_for
-
-
-@pytest.fixture
-def short(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A short folder: a Unix socket path must fit in 108 bytes."""
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="ag", dir="/tmp"))
-    yield path
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def library(folder: Path, stem: str, *markers: str) -> Path:
@@ -47,23 +34,6 @@ def config(folder: Path, filename: str, lib: str, name: str | None = None,
     name_part = f', name: "{name}"' if name is not None else ""
     path.write_text(f'{{libpath: "{lib}"{name_part}{extra}}}')
     return path
-
-
-@pytest.fixture
-def make_agave(short: Path) -> Iterator:
-    nodes: list[AgaveNode] = []
-
-    def make(startup: list[Path] | None = None, always: bool = True,
-             **faults: object) -> AgaveNode:
-        node = AgaveNode(AgaveOptions(
-            ledger=short / "ledger", geyser_plugin_configs=[str(p) for p in startup or []],
-            always_enabled=always, faults=AgaveFaults(**faults))).start()  # type: ignore[arg-type]
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in nodes:
-        node.stop()
 
 
 class Client:
