@@ -398,7 +398,44 @@ FAST = ["--debounce", "0.05", "--max-wait", "0.5", "--probe-interval", "0.2",
         "--resync-interval", "30", "--max-backoff", "1"]
 
 
-class DaemonProcess:
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "reconciler"]
+
+
+class Process:
+    """A real process with its output collected line by line."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True,
+                                     stdin=subprocess.DEVNULL)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            self._reader.join(timeout=2)
+
+
+class DaemonProcess(Process):
+    """`slipstream-reconciler run` against a reference node, with fast timings."""
+
     def __init__(self, ws, node, args=(), env=None, node_url=None) -> None:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("SLIPSTREAM_")}
         environment.update({
@@ -415,22 +452,8 @@ class DaemonProcess:
         if node_url is not None:
             environment["SLIPSTREAM_NODE_URL"] = node_url
         environment.update(env or {})
-        command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "reconciler"]
-        self.proc = subprocess.Popen([*command, "run", *FAST, *args], env=environment,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, stdin=subprocess.DEVNULL)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__([*COMMAND, "run", *FAST, *args], environment)
         self.state = ws.state
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
 
     def metrics_url(self) -> str:
         found = wait_for(lambda: re.search(r"metrics on (http://\S+)/metrics", self.log),
@@ -443,16 +466,6 @@ class DaemonProcess:
         except (OSError, ValueError):
             return None
 
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=10)
-        finally:
-            self._reader.join(timeout=2)
 
 
 @pytest.fixture

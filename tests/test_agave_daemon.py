@@ -9,10 +9,7 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,42 +17,12 @@ import pytest
 
 from reconciler.agaveclient import AgaveClient
 
-from .conftest import SCRIPT, Workspace, wait_for
+from .conftest import COMMAND, Process, Workspace, wait_for
 
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "reconciler"]
 # Nothing but the socket watch may wake a pass in these tests: no probe, no resync, and a
 # retry after a failure only after an hour.
 SLOW = ["--debounce", "0.05", "--max-wait", "0.5", "--probe-interval", "3600",
         "--resync-interval", "3600", "--max-backoff", "3600"]
-
-
-class Process:
-    """A real process with its output collected line by line."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True,
-                                     stdin=subprocess.DEVNULL)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=10)
-        finally:
-            self._reader.join(timeout=2)
 
 
 @pytest.fixture

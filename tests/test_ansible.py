@@ -291,19 +291,6 @@ def test_ansible_lint_passes_offline():
 AGAVE_HOSTS = {"sol-1": "agave_validators", "sol-2": "agave_validators"}
 
 
-def _cli_has_node_kind() -> bool:
-    import typer
-
-    from reconciler.cli import app
-
-    plan = typer.main.get_command(app).commands["plan"]
-    return any(p.envvar == "SLIPSTREAM_NODE_KIND" for p in plan.params)
-
-
-needs_agave_cli = pytest.mark.xfail(not _cli_has_node_kind(), strict=True,
-                                    reason="needs agave-client (--node-kind/--ledger)")
-
-
 def yellowstone(libs: Path, version: str) -> str:
     """Yellowstone gRPC as operators install it: each release under its own path, a name
     that is the library's own and changes with it, a strict-JSON config with no `name`."""
@@ -383,7 +370,6 @@ def agave_fleet(tmp_path_factory):
     f.stop()
 
 
-@needs_agave_cli
 def test_agave_a_run_converges_each_validator_and_a_second_is_all_ok(agave_fleet):
     play = agave_fleet.play()
     assert play.code == 0, play.out
@@ -397,7 +383,6 @@ def test_agave_a_run_converges_each_validator_and_a_second_is_all_ok(agave_fleet
                for counts in play.recap().values()), play.out
 
 
-@needs_agave_cli
 def test_agave_a_yellowstone_upgrade_is_one_replace_dry_run_then_real(agave_fleet):
     libs = agave_fleet.top / "sol-2" / "libs"
     agave_fleet.declared["sol-2"]["yellowstone.json"] = yellowstone(libs, "9.1.0")

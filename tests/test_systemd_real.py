@@ -287,19 +287,6 @@ GEYSER_CONF = "/etc/slipstream/geyser.d"
 GEYSER_PLUGINS = 5
 
 
-def _cli_has_node_kind() -> bool:
-    import typer
-
-    from reconciler.cli import app
-
-    run = typer.main.get_command(app).commands["run"]
-    return any(p.envvar == "SLIPSTREAM_NODE_KIND" for p in run.params)
-
-
-needs_agave_cli = pytest.mark.xfail(not _cli_has_node_kind(), strict=True,
-                                    reason="needs agave-client (--node-kind/--ledger)")
-
-
 # `agave-validator -l LEDGER plugin list`, in the few lines it takes: one listPlugins.
 PLUGIN_LIST = """import json, socket, sys
 s = socket.socket(socket.AF_UNIX)
@@ -319,8 +306,6 @@ def _geyser_plugins(m: Machine) -> list[str]:
 def agave_deployed(machine):
     """docs/agave.md's install lines, a validator running as `sol` with its ledger under
     /home/sol, and the reconciler's unit as that same user."""
-    if not _cli_has_node_kind():
-        pytest.xfail("needs agave-client (--node-kind/--ledger)")
     m = machine
     m.run("useradd --system --create-home --home-dir /home/sol --shell /bin/sh sol && "
           "useradd --system --no-create-home --shell /bin/sh intruder")
@@ -371,7 +356,6 @@ def agave_deployed(machine):
     return m
 
 
-@needs_agave_cli
 def test_agave_the_unit_as_the_validators_user_converges_the_ledgers_socket(agave_deployed):
     m = agave_deployed
     show = lambda prop: m.run(f"systemctl show -P {prop} {AGAVE_UNIT}").stdout.strip()  # noqa: E731
@@ -394,7 +378,6 @@ def test_agave_the_unit_as_the_validators_user_converges_the_ledgers_socket(agav
     assert "ermission denied" not in journal
 
 
-@needs_agave_cli
 def test_agave_another_user_gets_one_line_about_the_socket_and_unloads_nothing(
         agave_deployed):
     m = agave_deployed
