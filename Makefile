@@ -26,8 +26,9 @@ test: $(STAMP)
 
 # Long chaos: random edits, faults and restarts with the daemon running, and SIGKILLs
 # in the middle of large applies, over many seeds (figures in docs/security.md).
-# At least 10,000 chaos operations (sequences average about 42 of their 50 steps; the
-# total is counted and printed) and 1,000 SIGKILLs (10 seeds x 50 rounds x 2 modes).
+# Both kinds of node: at least 10,000 chaos operations (250 sequences shared between
+# snarkOS and Agave, averaging about 42 of their 50 steps; the total is counted and
+# printed) and 2,000 SIGKILLs (10 seeds x 50 rounds x 2 modes x 2 kinds).
 soak: $(STAMP)
 	rm -f .soak-operations
 	SLIPSTREAM_CHAOS_EXAMPLES=250 SLIPSTREAM_CHAOS_STEPS=50 \
