@@ -118,12 +118,11 @@ class AgaveClient:
     @property
     def described(self) -> str:
         if self._kind == "agave-no-geyser-service":
-            return (f"Agave validator without a Geyser plugin service (admin RPC at "
-                    f"{self.socket_path}; restart it with --geyser-plugin-config or "
-                    "--geyser-plugin-always-enabled)")
+            return ("Agave validator without a Geyser plugin service (restart it with "
+                    "--geyser-plugin-config or --geyser-plugin-always-enabled)")
         if self._kind is None:
             return "not asked yet"
-        return f"Agave validator (admin RPC at {self.socket_path})"
+        return "Agave validator (admin RPC)"  # where: shown_node, beside it
 
     @property
     def prefix(self) -> str | None:

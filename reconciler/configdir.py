@@ -177,17 +177,13 @@ class DirectoryReader:
     def _warnings(self, path: str, plugin: DesiredPlugin) -> list[Problem]:
         """What may go wrong with a valid file once the node has it."""
         warnings: list[Problem] = []
-        strict_plugins = self.rules.json_suffix_is_strict
-        if plugin.name is None:
-            message = ("no `name`: the plugin's name is known only after it is loaded (plans "
-                       "show it as \"(known after apply)\"; the ledger records the name the "
-                       "node returns)")
-            message += ("; that is right for plugins such as Yellowstone gRPC, which forbid "
-                        "`name` in their config" if strict_plugins
-                        else "; set `name` to make plans exact")
-            warnings.append(Problem(path, message))
+        if plugin.name is None and not self.rules.plugins_may_forbid_name:
+            # Where plugins may forbid `name` (Yellowstone), its absence is normal: plans
+            # show "(known after apply)" and the ledger records the name the node returns.
+            warnings.append(Problem(path, "no `name`: the plugin's name is known only after "
+                                    "it is loaded; set `name` to make plans exact"))
         strict = self._summaries.get(plugin.config_sha256, {}).get("strict")
-        if strict_plugins and path.endswith(".json") and strict:
+        if self.rules.json_suffix_is_strict and path.endswith(".json") and strict:
             reason, line, column = strict
             warnings.append(Problem(
                 path, f"not strict JSON ({reason}): the {self.rules.product} reads it (JSON5), "

@@ -29,6 +29,9 @@ class NodeRules:
     # Common plugins re-read a `.json` config as strict JSON (Yellowstone gRPC), so a
     # `.json` file that parses only as JSON5 loads and then fails in on_load.
     json_suffix_is_strict: bool
+    # Common plugins refuse a `name` key in their config (Yellowstone gRPC rejects unknown
+    # top-level keys), so a config without one is normal, not worth a warning.
+    plugins_may_forbid_name: bool
     # JWT settings apply (snarkOS's REST API); Agave's socket mode is its only lock.
     authenticated: bool
     # The node limits requests per client, so we pace ours (--max-rps).
@@ -44,13 +47,15 @@ class NodeRules:
 
 SNARKOS = NodeRules(
     kind="snarkos", product="snarkOS", one_plugin_per_library=True, native_reload=False,
-    keeps_old_code_at_same_path=False, json_suffix_is_strict=False, authenticated=True,
+    keeps_old_code_at_same_path=False, json_suffix_is_strict=False,
+    plugins_may_forbid_name=False, authenticated=True,
     rate_limited=True, restart_shows_as="the plugin list losing run-time plugins",
     startup_flag="--slipstream-config", address="node_url")
 
 AGAVE = NodeRules(
     kind="agave", product="Agave validator", one_plugin_per_library=False, native_reload=True,
-    keeps_old_code_at_same_path=True, json_suffix_is_strict=True, authenticated=False,
+    keeps_old_code_at_same_path=True, json_suffix_is_strict=True,
+    plugins_may_forbid_name=True, authenticated=False,
     rate_limited=False, restart_shows_as="its admin.rpc socket being replaced",
     startup_flag="--geyser-plugin-config", address="ledger")
 

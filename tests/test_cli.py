@@ -21,7 +21,7 @@ ON_LOAD_FAILED = {"snarkos": "on_load method failed",
 RELOAD_FAILED = "Failed to start new plugin (previous plugin was dropped!)"
 # What status says the node is.
 DESCRIBED = {"snarkos": "snarkOS with the Slipstream plugin API at /v2/mainnet",
-             "agave": "Agave validator (admin RPC at {socket})"}
+             "agave": "Agave validator (admin RPC)"}
 
 
 # -- validate ----------------------------------------------------------------------------
