@@ -68,7 +68,7 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in ("list", "app
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from harness import CLI, alternate, median, row, timed, wait_until  # noqa: E402
+from harness import CLI, apply_row, median, plan_row, row, wait_until  # noqa: E402
 
 from reconciler.refnode.agave import AgaveNode, AgaveOptions  # noqa: E402
 
@@ -136,16 +136,10 @@ def apply_vs_floor(n: int, rounds: int) -> list[str]:
     """`apply` of N new Geyser plugins, whole process, against listPlugins + N loadPlugin."""
     ws = AgaveWorkspace(n)
     try:
-        env = ws.env()
-        floor = lambda: timed([*FLOOR, "apply", str(ws.ledger), str(ws.conf)], env)  # noqa: E731
-        ours = lambda: ws.cli("apply")  # noqa: E731
-        xs, ys = alternate(floor, ours, rounds, before=ws.fresh)
+        floor = [*FLOOR, "apply", str(ws.ledger), str(ws.conf)]
+        rows = apply_row(ws, floor, n, rounds, "agave: ", f"list + {n} loadPlugin")
         assert len(ws.names()) == n + 1, ws.names()  # the last apply loaded them all
-        ratio = median(ys) / median(xs)
-        target = "<= 1.2x" if n >= 100 else "none (start-up dominates)"
-        return [row(f"agave: apply {n} new plugins", f"{median(ys) * 1000:.0f} ms",
-                    f"{median(xs) * 1000:.0f} ms (list + {n} loadPlugin)", ratio, target,
-                    ratio <= 1.2 if n >= 100 else None)]
+        return rows
     finally:
         ws.close()
 
@@ -154,17 +148,8 @@ def plan_vs_floor(n: int, rounds: int) -> list[str]:
     """`plan` with N Geyser plugins in sync, whole process, against one listPlugins."""
     ws = AgaveWorkspace(n)
     try:
-        ws.cli("apply")
-        cold = ws.cli("plan", "--detailed-exitcode")  # the first plan fills the caches
-        env = ws.env()
-        floor = lambda: timed([*FLOOR, "list", str(ws.ledger)], env)  # noqa: E731
-        ours = lambda: ws.cli("plan", "--detailed-exitcode")  # noqa: E731
-        xs, ys = alternate(floor, ours, rounds)
-        ratio = median(ys) / median(xs)
-        ok = ratio <= 2 and (n < 1000 or median(ys) < 0.5)
-        return [row(f"agave: plan {n} in sync", f"{median(ys) * 1000:.0f} ms (first: "
-                    f"{cold * 1000:.0f} ms)", f"{median(xs) * 1000:.0f} ms (one listPlugins)",
-                    ratio, "<= 2x" + (", < 0.5 s" if n >= 1000 else ""), ok)]
+        return plan_row(ws, [*FLOOR, "list", str(ws.ledger)], n, rounds, "agave: ",
+                        "one listPlugins")
     finally:
         ws.close()
 

@@ -15,11 +15,11 @@ from harness import (
     CLI,
     ROOT,
     Workspace,
-    alternate,
+    apply_row,
     median,
     percentile,
+    plan_row,
     row,
-    timed,
     wait_until,
 )
 
@@ -30,16 +30,8 @@ def apply_vs_floor(n: int, rounds: int) -> list[str]:
     """1. `apply` of N new plugins, whole process, against GET + N POSTs."""
     ws = Workspace(n)
     try:
-        env = ws.env()
-        floor = lambda: timed([*FLOOR, "apply", ws.node.url, str(ws.node.token_file),  # noqa: E731
-                               str(ws.conf)], env)
-        ours = lambda: ws.cli("apply")  # noqa: E731
-        xs, ys = alternate(floor, ours, rounds, before=ws.fresh)
-        ratio = median(ys) / median(xs)
-        target = "<= 1.2x" if n >= 100 else "none (start-up dominates)"
-        return [row(f"apply {n} new plugins", f"{median(ys) * 1000:.0f} ms",
-                    f"{median(xs) * 1000:.0f} ms (GET + {n} POSTs)", ratio, target,
-                    ratio <= 1.2 if n >= 100 else None)]
+        floor = [*FLOOR, "apply", ws.node.url, str(ws.node.token_file), str(ws.conf)]
+        return apply_row(ws, floor, n, rounds, "", f"GET + {n} POSTs")
     finally:
         ws.close()
 
@@ -48,17 +40,8 @@ def plan_vs_floor(n: int, rounds: int) -> list[str]:
     """2. `plan` with N plugins in sync, whole process, against one GET."""
     ws = Workspace(n)
     try:
-        ws.cli("apply")
-        cold = ws.cli("plan", "--detailed-exitcode")  # the first plan fills the caches
-        env = ws.env()
-        floor = lambda: timed([*FLOOR, "list", ws.node.url, str(ws.node.token_file)], env)  # noqa: E731
-        ours = lambda: ws.cli("plan", "--detailed-exitcode")  # noqa: E731
-        xs, ys = alternate(floor, ours, rounds)
-        ratio = median(ys) / median(xs)
-        ok = ratio <= 2 and (n < 1000 or median(ys) < 0.5)
-        return [row(f"plan {n} in sync", f"{median(ys) * 1000:.0f} ms (first: "
-                    f"{cold * 1000:.0f} ms)", f"{median(xs) * 1000:.0f} ms (one GET)", ratio,
-                    "<= 2x" + (", < 0.5 s" if n >= 1000 else ""), ok)]
+        floor = [*FLOOR, "list", ws.node.url, str(ws.node.token_file)]
+        return plan_row(ws, floor, n, rounds, "", "one GET")
     finally:
         ws.close()
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -133,3 +134,43 @@ def row(name: str, figure: str, baseline: str, ratio: float, target: str,
 
 HEADER = ("| benchmark | measured | baseline (same run) | ratio | target | met |\n"
           "|---|---|---|---|---|---|")
+
+
+class Bench(Protocol):
+    """What the apply and plan comparisons need of a workspace (either kind of node)."""
+
+    def env(self) -> dict[str, str]: ...
+
+    def fresh(self) -> None: ...
+
+    def cli(self, *args: str) -> float: ...
+
+
+def apply_row(ws: Bench, floor: list[str], n: int, rounds: int, label: str,
+              calls: str) -> list[str]:
+    """`apply` of N new plugins, whole process, against the floor's `calls`, alternated
+    and each preceded by `ws.fresh()` (a node and a state directory without them)."""
+    env = ws.env()
+    xs, ys = alternate(lambda: timed(floor, env), lambda: ws.cli("apply"), rounds,
+                       before=ws.fresh)
+    ratio = median(ys) / median(xs)
+    target = "<= 1.2x" if n >= 100 else "none (start-up dominates)"
+    return [row(f"{label}apply {n} new plugins", f"{median(ys) * 1000:.0f} ms",
+                f"{median(xs) * 1000:.0f} ms ({calls})", ratio, target,
+                ratio <= 1.2 if n >= 100 else None)]
+
+
+def plan_row(ws: Bench, floor: list[str], n: int, rounds: int, label: str,
+             calls: str) -> list[str]:
+    """`plan` with N plugins in sync, whole process, against the floor's one list call;
+    the first plan (filling the caches) is reported beside the median."""
+    ws.cli("apply")
+    cold = ws.cli("plan", "--detailed-exitcode")
+    env = ws.env()
+    xs, ys = alternate(lambda: timed(floor, env),
+                       lambda: ws.cli("plan", "--detailed-exitcode"), rounds)
+    ratio = median(ys) / median(xs)
+    ok = ratio <= 2 and (n < 1000 or median(ys) < 0.5)
+    return [row(f"{label}plan {n} in sync", f"{median(ys) * 1000:.0f} ms (first: "
+                f"{cold * 1000:.0f} ms)", f"{median(xs) * 1000:.0f} ms ({calls})", ratio,
+                "<= 2x" + (", < 0.5 s" if n >= 1000 else ""), ok)]
