@@ -51,12 +51,10 @@ from __future__ import annotations
 import math
 import re
 
+from reconciler.json5chars import HEX, LT, WS
+
 MAX_DEPTH = 64  # a plugin config nests 2 or 3 levels; the node crashes near 2,000
 
-LT = "\n\r\u2028\u2029"  # the node's line terminators (json5.pest `line_terminator`)
-# json5.pest WHITESPACE: TAB VT FF SP NBSP BOM, SPACE_SEPARATOR (Zs), line terminators.
-WS = ("\t\v\f \u00a0\ufeff\u1680\u2000-\u200a\u202f\u205f\u3000" + LT)
-HEX = "[0-9a-fA-F]"
 
 # Every token of the JSON5 people write, in the forms where pyjson5 and the node read the
 # same thing: integers of at most 18 digits, hex of at most 8 digits, exponents of at most

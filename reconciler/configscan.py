@@ -17,7 +17,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from reconciler.configparse import HEX, LT, WS
+from reconciler.json5chars import HEX, LT, WS
 
 _SKIP = re.compile(rf"(?:[{WS}]++|//[^{LT}]*+|(?>/\*(?s:.)*?\*/))++")
 _STRING_BODY = {
