@@ -68,7 +68,7 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in ("list", "app
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from harness import CLI, apply_row, median, plan_row, row, wait_until  # noqa: E402
+from harness import CLI, apply_row, plan_row, restart_row, wait_until  # noqa: E402
 
 from reconciler.refnode.agave import AgaveNode, AgaveOptions  # noqa: E402
 
@@ -174,11 +174,7 @@ def restart_to_converged(restarts: int, probe: float = 2.0) -> list[str]:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=10)
-        target = probe + 0.5
-        return [row(f"agave: validator restart to re-converged ({restarts} restarts)",
-                    f"p50 {median(times) * 1000:.0f} / max {max(times) * 1000:.0f} ms",
-                    f"{probe * 1000:.0f} ms (probe interval)", max(times) / probe,
-                    f"max <= {target * 1000:.0f} ms", max(times) <= target)]
+        return restart_row("agave: validator", times, probe)
     finally:
         ws.close()
 

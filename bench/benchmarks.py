@@ -19,6 +19,7 @@ from harness import (
     median,
     percentile,
     plan_row,
+    restart_row,
     row,
     wait_until,
 )
@@ -183,11 +184,7 @@ def restart_to_converged(restarts: int, probe: float = 2.0) -> list[str]:
             wait_until(lambda: len(ws.node.manager.names()) == 11, timeout=30)
             times.append(time.perf_counter() - start)
         stop(proc)
-        target = probe + 0.5
-        return [row(f"node restart to re-converged ({restarts} restarts)",
-                    f"p50 {median(times) * 1000:.0f} / max {max(times) * 1000:.0f} ms",
-                    f"{probe * 1000:.0f} ms (probe interval)", max(times) / probe,
-                    f"max <= {target * 1000:.0f} ms", max(times) <= target)]
+        return restart_row("node", times, probe)
     finally:
         ws.close()
 
